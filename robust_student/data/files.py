@@ -1,0 +1,1 @@
+"""Placeholder: imagefolder and csv datasets."""

@@ -1,0 +1,1 @@
+"""methods (arrives with a later issue)."""

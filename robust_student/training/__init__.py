@@ -1,0 +1,1 @@
+"""training (arrives with a later issue)."""
