@@ -1,0 +1,125 @@
+"""The Method contract: a robust-distillation objective that computes losses and nothing else.
+
+A method is one file: a config dataclass, a :class:`Method` subclass whose docstring cites its paper, and
+``@register_method("name")``. The trainer owns devices, precision, accumulation, optimisers, logging and
+checkpoints; a method never calls ``.backward()`` or ``optimizer.step()``. Adaptive state (class weights,
+temperatures) lives in buffers so checkpoints carry it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..attacks.pgd import Objective, pgd
+from ..attacks.threat import threat_from_config
+from ..config import ConfigBase, ThreatConfig
+from ..registry import Registry
+
+Batch = Mapping[str, Tensor]  # {"image": [B, 3, H, W] in [0, 1], "label": [B]}
+
+
+@dataclass
+class MethodConfig(ConfigBase):
+    """Base for per-method hyper-parameters; subclasses add documented fields with the paper defaults."""
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Where training is: global optimiser step, epoch, and the totals (for schedules such as HPFA's)."""
+
+    step: int = 0
+    epoch: int = 0
+    total_steps: int = 1
+    total_epochs: int = 1
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``Config`` and implement :meth:`loss`.
+
+    ``teacher_roles`` names the teachers the method needs (the first is filled by ``DistillConfig.teacher``);
+    ``trainable_teacher_roles`` the ones it updates (their parameters join the optimiser through
+    :meth:`param_groups`).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    teacher_roles: ClassVar[tuple[str, ...]] = ("teacher",)
+    trainable_teacher_roles: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: MethodConfig | None = None, *, threat: ThreatConfig | None = None,
+                 num_classes: int = 0, embed_dim: int = 0) -> None:
+        super().__init__()
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{type(self).__name__} expects a {self.Config.__name__}, got {type(self.config).__name__}")
+        self.threat_config = threat if threat is not None else ThreatConfig()
+        self.threat = threat_from_config(self.threat_config)
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+
+    def attack(self, objective: Objective, x: Tensor, **overrides: Any) -> Tensor:
+        """The method's inner maximisation: :func:`pgd` with the run's threat settings (overridable)."""
+        settings: dict[str, Any] = dict(
+            steps=self.threat_config.steps, step_size=self.threat_config.step_size,
+            random_start=self.threat_config.random_start, init_std=self.threat_config.init_std,
+        )
+        settings.update(overrides)
+        return pgd(objective, x, self.threat, **settings)
+
+    def loss(self, batch: Batch, student: nn.Module, teachers: Mapping[str, nn.Module],
+             state: TrainState) -> dict[str, Tensor]:
+        """Return ``{"loss": scalar to back-propagate, <term>: detached scalars to log}``."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser groups for method-owned parameters (none by default)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr}] if params else []
+
+    def on_step_end(self, outputs: Mapping[str, Tensor], state: TrainState) -> None:
+        """Called after each optimiser step with the (detached) outputs of :meth:`loss`."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Called once at the end of every epoch (e.g. DGHFA's class-weight update)."""
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a Method subclass under ``name`` (and set ``cls.name``)."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return decorator
+
+
+def create_method(name: str, config: MethodConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> Method:
+    """Build a registered method; ``config`` may be a dict validated by the method's ``Config``."""
+    cls = METHODS.get(name)
+    if config is None or isinstance(config, Mapping):
+        try:
+            config = cls.Config.from_dict(dict(config or {}))
+        except ValueError as err:
+            raise ValueError(f"method {name!r}: {err}") from err
+    return cls(config, **kwargs)
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()
+
+
+def no_grad_outputs(fn: Callable[..., Tensor], *args: Any) -> Tensor:
+    """Run a (frozen teacher) forward without building a graph and return float32 outputs."""
+    with torch.no_grad():
+        return fn(*args).float()
