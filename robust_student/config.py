@@ -135,6 +135,7 @@ class DataConfig(ConfigBase):
     num_workers: int = 0
     max_train_examples: int | None = None
     seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # dataset-specific, e.g. {"label_column": "Target"}
 
     @classmethod
     def coerce(cls, value: Any) -> "DataConfig":
@@ -145,7 +146,12 @@ class DataConfig(ConfigBase):
 
 @dataclass
 class TrainConfig(ConfigBase):
-    """Optimisation and bookkeeping for :class:`robust_student.training.Trainer`."""
+    """Optimisation and bookkeeping for :class:`robust_student.training.Trainer`.
+
+    ``optimizer``: ``"sgd"`` or ``"adamw"``. ``scheduler``: ``"cosine"``, ``"step"`` (lr times ``gamma`` at each
+    epoch in ``milestones``) or ``"constant"``, after ``warmup_epochs`` of linear warm-up. ``log_with``:
+    accelerate trackers (``["tensorboard"]``, ``["wandb"]`` ...) besides ``metrics.jsonl``.
+    """
 
     epochs: int = 10
     batch_size: int = 128
@@ -154,6 +160,8 @@ class TrainConfig(ConfigBase):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     scheduler: str = "cosine"
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
     warmup_epochs: float = 0.0
     mixed_precision: str = "no"
     grad_accum_steps: int = 1
@@ -165,8 +173,13 @@ class TrainConfig(ConfigBase):
     eval_examples: int = 500
     checkpoint_every: int = 200
     cache_teacher_outputs: bool = False
+    log_with: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.scheduler not in ("cosine", "step", "constant"):
+            raise ValueError(f"scheduler must be 'cosine', 'step' or 'constant', got {self.scheduler!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
@@ -232,12 +245,20 @@ class DistillConfig(ConfigBase):
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
-    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "DistillConfig":
-        """Return a copy with dotted overrides applied: ``["train.epochs=3", "threat.eps=4/255"]``.
+    def with_overrides(self, *overrides: str | list[str] | dict[str, Any]) -> "DistillConfig":
+        """Return a copy with dotted overrides applied: ``with_overrides("train.epochs=3", "threat.eps=4/255")``.
 
-        Values are parsed as YAML scalars (``3`` -> int, ``true`` -> bool, ``[a, b]`` -> list).
+        Each argument is one ``key=value`` string, a list of them, or a ``{key: value}`` dict. String values
+        are parsed as YAML scalars (``3`` -> int, ``true`` -> bool, ``[a, b]`` -> list).
         """
-        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+        items: list[tuple[str, Any]] = []
+        for group in overrides:
+            if isinstance(group, dict):
+                items.extend(group.items())
+            elif isinstance(group, str):
+                items.append(_split_override(group))
+            else:
+                items.extend(_split_override(o) for o in group)
         data = self.to_dict()
         for key, value in items:
             node = data

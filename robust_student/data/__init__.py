@@ -35,7 +35,7 @@ def build_dataset(config: DataConfig | str, split: str = "train", **overrides: A
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     factory, arg = DATASETS.resolve(config.name)
     options: dict[str, Any] = {"image_size": config.image_size, "seed": config.seed,
-                               "skip_corrupt": config.skip_corrupt, "prompts": config.prompts}
+                               "skip_corrupt": config.skip_corrupt, "prompts": config.prompts, **config.options}
     options.update(overrides)
     dataset = factory(arg, split=split, **options)
     if split == "train" and config.max_train_examples is not None:
@@ -44,5 +44,7 @@ def build_dataset(config: DataConfig | str, split: str = "train", **overrides: A
 
 
 from . import fashion_mnist, files, synthetic  # noqa: E402,F401  (register the built-in datasets)
+from .files import CorruptImageError  # noqa: E402
 
-__all__ = ["DATASETS", "LabeledImages", "build_dataset", "list_datasets", "register_dataset", "seeded_split"]
+__all__ = ["DATASETS", "CorruptImageError", "LabeledImages", "build_dataset", "list_datasets", "register_dataset",
+           "seeded_split"]
