@@ -76,6 +76,83 @@ def _cmd_zeroshot(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- converting a released CXR-CLIP checkpoint -----------------------------------------------------------
+
+def _convert_cxr_clip_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="released CXR-CLIP checkpoint (.tar, from the kakaobrain/cxr-clip README)")
+    p.add_argument("dst", help="output folder; load it later with --teacher cxr-clip:DST")
+    p.add_argument("--i-trust-this-file", dest="trust", action="store_true",
+                   help="allow full unpickling of SRC (needed for the released files; it can run code from the file)")
+    p.add_argument("--tokenizer", default=None,
+                   help="local Bio_ClinicalBERT tokenizer folder to copy into DST/tokenizer (default: the Hub cache)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty DST")
+
+
+@command("convert-cxr-clip", "convert a released CXR-CLIP .tar into a safetensors folder")(_convert_cxr_clip_args)
+def _cmd_convert_cxr_clip(args: argparse.Namespace) -> int:
+    from .teachers.cxr_clip import convert_cxr_clip_checkpoint
+
+    result = convert_cxr_clip_checkpoint(args.src, args.dst, trust_checkpoint=args.trust, tokenizer=args.tokenizer,
+                                         overwrite=args.overwrite)
+    print(result.to_text())
+    return 0
+
+
+# -- robustness evaluation -------------------------------------------------------------------------------
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="a saved student folder, or a teacher name (evaluated zero-shot on the dataset's prompts)")
+    p.add_argument("--data", default="fashion-mnist", help="dataset spec (default: fashion-mnist)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--attacks", nargs="+", default=["clean", "fgsm", "pgd20", "cw20"],
+                   help="named attacks (robust-student list attacks); add autoattack for the reported number")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--eps", default="8/255", help="radius in pixel units, e.g. 8/255 (default) or 0.5")
+    p.add_argument("--n-examples", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resize images (default: the student's training size / the teacher's input size)")
+    p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks (not recommended)")
+    p.add_argument("--output", help="also write the report as JSON to this file")
+    p.add_argument("--curve", metavar="STEM", help="also measure robust accuracy vs eps -> STEM.json, STEM.png")
+
+
+@command("eval", "robust accuracy of a student or teacher under named attacks, with masking checks")(_eval_args)
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .attacks import make_threat
+    from .config import parse_number
+    from .data import build_dataset
+    from .evaluation import eps_curve, evaluate_robustness
+
+    if Path(args.model).is_dir():
+        from .students.io import load_student
+
+        model = load_student(args.model)
+        dataset = build_dataset(args.data, args.split, image_size=args.image_size or model.spec.get("image_size"))
+    else:
+        from .teachers import create_teacher
+
+        model = create_teacher(args.model)
+        dataset = build_dataset(args.data, args.split, image_size=args.image_size or model.input_size)
+        model.set_classes(dataset.prompts.classnames, dataset.prompts.templates)
+    threat = make_threat(args.norm, parse_number(args.eps, name="--eps"))
+    report = evaluate_robustness(model, dataset, args.attacks, threat, n_examples=args.n_examples,
+                                 batch_size=args.batch_size, seed=args.seed, checks=not args.no_checks,
+                                 model_name=args.model, dataset_name=f"{args.data} ({args.split})")
+    print(report.to_markdown())
+    if args.output:
+        print(f"report written to {report.save_json(args.output)}")
+    if args.curve:
+        eps_curve(model, dataset, norm=args.norm, n_examples=min(args.n_examples, 500), batch_size=args.batch_size,
+                  seed=args.seed, output=args.curve)
+        print(f"robust accuracy vs eps written to {args.curve}.json and {args.curve}.png")
+    return 0
+
+
 # -- listing ---------------------------------------------------------------------------------------------
 
 def _list_args(p: argparse.ArgumentParser) -> None:

@@ -22,6 +22,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def take_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
+    """timm's convention for ``forward_intermediates``: None = all ``n`` blocks, an int = the last ``indices``
+    blocks, a sequence = those blocks (negative indices count from the end)."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        return list(range(max(n - indices, 0), n))
+    return sorted({i % n for i in indices})
+
+
 class Teacher(nn.Module):
     """Vision-language teacher. Inputs are float NCHW images in [0, 1]; normalisation happens inside.
 
