@@ -11,12 +11,16 @@ import zlib
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# Tiny tensors run fastest on one thread (OpenMP start-up dominates); subprocesses inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
 from torch import nn
 
 from robust_student.students import create_student
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 from robust_student.teachers.base import Teacher
 
 
