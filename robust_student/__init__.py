@@ -6,17 +6,24 @@ The public API is the names below; everything else is importable from its module
 
 from __future__ import annotations
 
+from .api import RobustDistiller
+from .attacks import list_attacks
 from .config import DataConfig, DistillConfig, EvalConfig, ThreatConfig, TrainConfig
 from .data import build_dataset, list_datasets
+from .evaluation import RobustnessReport, evaluate_robustness
+from .methods import Method, MethodConfig, TrainState, create_method, list_methods, register_method
 from .students import Student, create_student, list_students
 from .teachers import Teacher, create_teacher, list_teachers
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "RobustDistiller",
+    "Method", "MethodConfig", "TrainState", "create_method", "list_methods", "register_method",
     "DistillConfig", "DataConfig", "ThreatConfig", "TrainConfig", "EvalConfig",
     "Teacher", "create_teacher", "list_teachers",
     "Student", "create_student", "list_students",
     "build_dataset", "list_datasets",
+    "evaluate_robustness", "RobustnessReport", "list_attacks",
     "__version__",
 ]

@@ -98,6 +98,41 @@ def _cmd_convert_cxr_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- training --------------------------------------------------------------------------------------------
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="quickstart",
+                   help="a packaged recipe name (e.g. quickstart, rslad_paper) or a YAML file (default: quickstart)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. --set train.epochs=3 threat.eps=4/255")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+
+
+@command("fit", "distil a teacher into a robust student from a recipe (plus --set overrides)")(_fit_args)
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .api import RobustDistiller, load_recipe
+
+    config = load_recipe(args.recipe).with_overrides(args.overrides)
+    distiller = RobustDistiller(config=config)
+    distiller.fit(resume=args.resume)
+    result = distiller.result
+    final = distiller.history[-1] if distiller.history else {}
+    summary = {"teacher": config.teacher, "student": config.student, "method": config.method,
+               "dataset": config.dataset.name, "steps": result.steps, "seconds": round(result.seconds, 1),
+               "output_dir": result.output_dir, **{k: v for k, v in final.items() if k.startswith("val_")}}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{config.method}: {config.teacher} -> {config.student} on {config.dataset.name}, "
+              f"{result.steps} steps in {result.seconds:.0f} s")
+        if final:
+            print(f"  validation (n={final['val_examples']}): clean {100 * final['val_clean_acc']:.2f} %, "
+                  f"{final['val_attack']} {100 * final['val_pgd_acc']:.2f} %")
+        print(f"  student saved to {result.output_dir}/student (robust-student eval --model {result.output_dir}/student)")
+    return 0
+
+
 # -- robustness evaluation -------------------------------------------------------------------------------
 
 def _eval_args(p: argparse.ArgumentParser) -> None:

@@ -123,3 +123,19 @@ def no_grad_outputs(fn: Callable[..., Tensor], *args: Any) -> Tensor:
     """Run a (frozen teacher) forward without building a graph and return float32 outputs."""
     with torch.no_grad():
         return fn(*args).float()
+
+
+def cached_logits_key(role: str) -> str:
+    """Batch key under which the trainer puts a frozen teacher's cached clean logits."""
+    return f"teacher_logits/{role}"
+
+
+def clean_teacher_logits(batch: Batch, teachers: Mapping[str, nn.Module], role: str = "teacher") -> Tensor:
+    """A frozen teacher's logits on the clean images, float32 without a graph.
+
+    Read from the batch when the trainer cached them (``train.cache_teacher_outputs``), else computed.
+    """
+    cached = batch.get(cached_logits_key(role))
+    if cached is not None:
+        return cached.detach().float()
+    return no_grad_outputs(teachers[role], batch["image"])

@@ -1,0 +1,204 @@
+"""RobustDistiller: one object from names (or your own models) to a trained, evaluated robust student.
+
+    d = RobustDistiller(teacher="fmnist-clip", method="rslad", student="resnet_tiny", dataset="fashion-mnist",
+                        epochs=3, **{"threat.eps": 0.1})
+    student = d.fit()
+    report = d.evaluate(["clean", "pgd20"])
+
+Everything the run does is in ``d.config`` (a :class:`DistillConfig`), the single source of truth; recipes
+(``robust_student/recipes/*.yaml``) and ``robust-student fit --recipe ... --set key=value`` build the same object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from accelerate.state import PartialState
+from torch import nn
+
+from .config import DataConfig, DistillConfig, EvalConfig, ThreatConfig, TrainConfig
+from .data import DATASETS, build_dataset
+from .evaluation import RobustnessReport, evaluate_robustness
+from .methods import METHODS, create_method
+from .students import STUDENTS, Student, create_student
+from .students.io import save_student
+from .teachers import TEACHERS, Teacher, create_teacher
+from .training import Trainer, TrainResult
+
+logger = logging.getLogger(__name__)
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+# Sections whose fields may be passed to RobustDistiller as bare keywords (``epochs=3`` -> ``train.epochs``).
+SECTIONS: dict[str, type] = {"train": TrainConfig, "threat": ThreatConfig, "eval": EvalConfig, "dataset": DataConfig}
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes that ship with the package (``robust_student/recipes/<name>.yaml``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> DistillConfig:
+    """A :class:`DistillConfig` from a recipe name (see :func:`list_recipes`) or a YAML file path."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return DistillConfig.from_yaml(path)
+    if (RECIPES_DIR / f"{name_or_path}.yaml").is_file():
+        return DistillConfig.from_yaml(RECIPES_DIR / f"{name_or_path}.yaml")
+    raise ValueError(f"Unknown recipe {str(name_or_path)!r}: not a file, and not one of the packaged recipes "
+                     f"({', '.join(list_recipes())})")
+
+
+def apply_overrides(config: DistillConfig, overrides: dict[str, Any]) -> DistillConfig:
+    """Apply keyword overrides: dotted keys (``"threat.eps"``), top-level fields (``method_args={...}``, a section
+    as a dict merges into it), or a bare field name of one section (``epochs=3``; names shared with ``train``,
+    such as ``batch_size`` and ``seed``, mean the training ones). ``None`` values are dropped so defaults stay
+    in effect. Ambiguous names (``eps``: training threat or evaluation?) raise ``ValueError``."""
+    top = {f.name for f in dataclasses.fields(DistillConfig)}
+    dotted: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key or (key in top and not (key in SECTIONS and isinstance(value, dict))):
+            dotted[key] = value
+        elif key in SECTIONS:
+            dotted.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+            if "train" in owners:  # batch_size, seed: the training loop's (write eval.batch_size for the other)
+                owners = ["train"]
+            if len(owners) != 1:
+                where = f"it is a field of {owners}" if owners else "no config section has it"
+                raise ValueError(f"Cannot place override {key!r}: {where}. Use a dotted name such as "
+                                 f"**{{'{(owners or ['train'])[0]}.{key}': ...}}. Top-level fields: {sorted(top)}")
+            dotted[f"{owners[0]}.{key}"] = value
+    return config.with_overrides(dotted) if dotted else config
+
+
+class RobustDistiller:
+    """Distil ``teacher`` into ``student`` with ``method`` on ``dataset``; the facade over the whole SDK.
+
+    Args:
+        teacher: a registered teacher name/spec (:func:`list_teachers`) or a :class:`Teacher` instance.
+            It fills the method's first teacher role; other roles come from ``config.teachers``.
+        method: a registered method name (:func:`list_methods`).
+        student: a registered student name (:func:`list_students`) or a :class:`Student` instance.
+        dataset: a dataset spec (:func:`list_datasets`), e.g. ``"fashion-mnist"``, ``"imagefolder:/data/x"``.
+        config: a starting :class:`DistillConfig` (default: the defaults).
+        **overrides: config overrides, see :func:`apply_overrides` (``epochs=3``, ``**{"threat.eps": "4/255"}``,
+            ``method_args={"beta": 3}``).
+    """
+
+    def __init__(self, teacher: str | Teacher | None = None, method: str | None = None,
+                 student: str | Student | None = None, dataset: str | DataConfig | None = None, *,
+                 config: DistillConfig | None = None, **overrides: Any) -> None:
+        self._teacher = teacher if isinstance(teacher, nn.Module) else None
+        self._student = student if isinstance(student, nn.Module) else None
+        names: dict[str, Any] = {"method": method, "dataset": dataset}
+        names["teacher"] = getattr(teacher, "name", type(teacher).__name__) if self._teacher is not None else teacher
+        names["student"] = (self._student.spec.get("name", type(student).__name__)
+                            if isinstance(self._student, Student) else student)
+        if isinstance(dataset, DataConfig):
+            names["dataset"] = dataset.to_dict()
+        self._config = apply_overrides(config or DistillConfig(), {**names, **overrides})
+        self._validate_names()
+        self.history: list[dict[str, Any]] = []
+        self.result: TrainResult | None = None
+
+    @classmethod
+    def from_config(cls, recipe: str | Path, **overrides: Any) -> "RobustDistiller":
+        """Build from a recipe name or YAML path, with optional keyword overrides."""
+        return cls(config=load_recipe(recipe), **overrides)
+
+    @property
+    def config(self) -> DistillConfig:
+        """The run's complete configuration (a copy is made by every override, so this one is stable)."""
+        return self._config
+
+    @property
+    def student(self) -> Student | None:
+        """The student being trained (``None`` before :meth:`fit` unless one was passed in)."""
+        return self._student
+
+    def fit(self, resume: bool = False) -> Student:
+        """Train the student; with ``resume`` continue from the newest checkpoint in ``train.output_dir``.
+
+        Writes checkpoints and ``metrics.jsonl`` to ``train.output_dir`` and the final student to
+        ``<output_dir>/student`` (``load_student`` reads it back).
+        """
+        cfg = self._config
+        train_set = build_dataset(cfg.dataset, "train")
+        val_set = build_dataset(cfg.dataset, "val")
+        prompts = train_set.prompts
+        primary = self._teacher if self._teacher is not None else create_teacher(cfg.teacher, **cfg.teacher_args)
+        primary.set_classes(prompts.classnames, prompts.templates)
+        teachers = self._teachers_for_roles(primary, prompts)
+        if self._student is None:
+            image_size = cfg.dataset.image_size or int(train_set[0]["image"].shape[-1])
+            torch.manual_seed(cfg.train.seed)
+            self._student = create_student(cfg.student, primary, image_size=image_size, **cfg.student_args)
+        method = create_method(cfg.method, cfg.method_args, threat=cfg.threat, num_classes=train_set.num_classes,
+                               embed_dim=self._student.embed_dim)
+        logger.info("fitting %s -> %s with %s on %s", cfg.teacher, cfg.student, cfg.method, cfg.dataset.name)
+        self.result = Trainer(cfg, self._student, teachers, method, train_set, val_set).fit(resume=resume)
+        self._student, self.history = self.result.student, self.result.history
+        if PartialState().is_main_process:
+            save_student(self._student, Path(cfg.train.output_dir) / "student",
+                         extra={"config": cfg.to_dict(), "history": self.history})
+        return self._student
+
+    def evaluate(self, attacks: Sequence[str] | None = None, *, n_examples: int | None = None,
+                 split: str | None = None, **kwargs: Any) -> RobustnessReport:
+        """Evaluate the student under ``attacks`` (default ``config.eval.attacks``) at ``config.eval``'s threat.
+
+        Extra keyword arguments go to :func:`evaluate_robustness` (``checks=False``, ``attack_options=...``).
+        """
+        if self._student is None:
+            raise RuntimeError("There is no student to evaluate yet: call fit() first (or pass student=...)")
+        ev = self._config.eval
+        data = build_dataset(self._config.dataset, split or ev.split)
+        kwargs.setdefault("threat", ThreatConfig(norm=ev.norm, eps=ev.eps))
+        return evaluate_robustness(
+            self._student, data, attacks=list(attacks or ev.attacks), n_examples=n_examples or ev.n_examples,
+            batch_size=ev.batch_size, seed=ev.seed, model_name=f"{self._config.student} ({self._config.method})",
+            dataset_name=self._config.dataset.name, **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        c = self._config
+        return (f"RobustDistiller(teacher={c.teacher!r}, method={c.method!r}, student={c.student!r}, "
+                f"dataset={c.dataset.name!r}, output_dir={c.train.output_dir!r})")
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _validate_names(self) -> None:
+        """Fail on a typo now, not after the dataset has loaded (each registry lists the valid names)."""
+        cfg = self._config
+        METHODS.get(cfg.method)
+        DATASETS.resolve(cfg.dataset.name)
+        if self._teacher is None:
+            TEACHERS.resolve(cfg.teacher)
+        if self._student is None:
+            STUDENTS.resolve(cfg.student)
+        for spec in cfg.teachers.values():
+            TEACHERS.resolve(spec)
+
+    def _teachers_for_roles(self, primary: Teacher, prompts: Any) -> dict[str, Teacher]:
+        cfg = self._config
+        roles = METHODS.get(cfg.method).teacher_roles
+        teachers: dict[str, Teacher] = {}
+        for index, role in enumerate(roles):
+            if role in cfg.teachers:
+                teachers[role] = create_teacher(cfg.teachers[role])
+                teachers[role].set_classes(prompts.classnames, prompts.templates)
+            elif index == 0:
+                teachers[role] = primary
+            else:
+                raise ValueError(f"method {cfg.method!r} needs a teacher for role {role!r} (roles: {list(roles)}); "
+                                 f"set it with teachers={{'{role}': '<teacher name>'}}")
+        return teachers
+
+
+__all__ = ["RobustDistiller", "load_recipe", "list_recipes", "apply_overrides"]

@@ -1,0 +1,70 @@
+"""Plain knowledge distillation (no attack): the non-robust baseline every robust method is compared with.
+
+Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", NeurIPS workshop 2014,
+https://arxiv.org/abs/1503.02531.
+
+    L = alpha * t^2 * KL(T(x)/t || S(x)/t) + (1 - alpha) * CE(S(x), y)
+
+With the defaults (t 1, alpha 1) this is ``KL(T(x) || S(x))`` on the teacher's zero-shot soft labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
+from .losses import kl_div, soft_targets
+
+REDUCTIONS = ("batchmean", "sum")
+
+
+def check_reduction(reduction: str) -> None:
+    """Validate a KL reduction field (shared by the baselines' configs)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+@dataclass
+class KDConfig(MethodConfig):
+    """Hyper-parameters of plain KD.
+
+    Attributes:
+        temperature: ``t``, softens teacher and student alike; the KL is scaled by ``t^2`` (Hinton et al.).
+        alpha: weight of the distillation term; ``1 - alpha`` goes to cross-entropy on the labels.
+        reduction: KL reduction, ``"batchmean"`` (true KL per sample, averaged) or ``"sum"``.
+    """
+
+    temperature: float = 1.0
+    alpha: float = 1.0
+    reduction: str = "batchmean"
+
+    def __post_init__(self) -> None:
+        check_reduction(self.reduction)
+        if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError("temperature must be > 0 and alpha in [0, 1]")
+
+
+@register_method("kd")
+class KD(Method):
+    """Distil the teacher's soft labels on clean images; no adversarial examples (not robust)."""
+
+    Config = KDConfig
+
+    def loss(self, batch: Batch, student: nn.Module, teachers: Mapping[str, nn.Module],
+             state: TrainState) -> dict[str, Tensor]:
+        cfg = self.config
+        t = cfg.temperature
+        logits = student(batch["image"])
+        target = soft_targets(clean_teacher_logits(batch, teachers), t)
+        kl = kl_div(target, logits, reduction=cfg.reduction, temperature=t) * t**2
+        out = {"kl": kl.detach()}
+        loss = cfg.alpha * kl
+        if cfg.alpha < 1.0:
+            ce = F.cross_entropy(logits.float(), batch["label"])
+            loss = loss + (1.0 - cfg.alpha) * ce
+            out["ce"] = ce.detach()
+        return {"loss": loss, **out}

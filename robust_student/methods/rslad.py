@@ -1,0 +1,62 @@
+"""RSLAD: robust soft label adversarial distillation.
+
+Zi et al., "Revisiting Adversarial Robustness Distillation: Robust Soft Labels Make Student Better",
+ICCV 2021, https://arxiv.org/abs/2108.07969; reference code zibojia/RSLAD (``rslad_loss.py``).
+
+    x' = argmax KL(T(x) || S(x'))      (student in eval mode, start x + 0.001 * N(0, 1))
+    L  = 5/6 * KL(T(x) || S(x')) + 1/6 * KL(T(x) || S(x))
+
+The teacher's soft labels on the CLEAN image are the target of both terms. The reference code averages its
+KL over B x C (``torch.mean``); we use ``batchmean``, which is C times larger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from torch import Tensor, nn
+
+from ..attacks import objectives
+from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
+from .kd import check_reduction
+from .losses import kl_div, soft_targets
+
+
+@dataclass
+class RSLADConfig(MethodConfig):
+    """Hyper-parameters of RSLAD.
+
+    Attributes:
+        adv_weight: weight of ``KL(T(x) || S(x'))``; ``1 - adv_weight`` goes to ``KL(T(x) || S(x))``.
+        reduction: KL reduction (``"batchmean"`` or ``"sum"``).
+        attack_eval_mode: hold the student in eval mode while crafting ``x'`` (the reference code does).
+    """
+
+    adv_weight: float = 5 / 6
+    reduction: str = "batchmean"
+    attack_eval_mode: bool = True
+
+    def __post_init__(self) -> None:
+        check_reduction(self.reduction)
+        if not 0.0 <= self.adv_weight <= 1.0:
+            raise ValueError("adv_weight must be in [0, 1]")
+
+
+@register_method("rslad")
+class RSLAD(Method):
+    """Distil the teacher's clean soft labels into the student on clean and adversarial inputs."""
+
+    Config = RSLADConfig
+
+    def loss(self, batch: Batch, student: nn.Module, teachers: Mapping[str, nn.Module],
+             state: TrainState) -> dict[str, Tensor]:
+        cfg = self.config
+        x = batch["image"]
+        soft = soft_targets(clean_teacher_logits(batch, teachers))
+        eval_modules = (student,) if cfg.attack_eval_mode else ()
+        x_adv = self.attack(objectives.kl_to(student, soft), x, eval_modules=eval_modules)
+        kl_adv = kl_div(soft, student(x_adv), reduction=cfg.reduction)
+        kl_nat = kl_div(soft, student(x), reduction=cfg.reduction)
+        w = cfg.adv_weight
+        return {"loss": w * kl_adv + (1 - w) * kl_nat, "kl_adv": kl_adv.detach(), "kl_nat": kl_nat.detach()}

@@ -1,0 +1,435 @@
+"""The training loop: one linear accelerate loop shared by every method.
+
+The student, the method (its own parameters and buffers) and any trainable teachers form one ``nn.Module``
+whose ``forward`` calls ``method.loss``; that unit, the optimiser and the data loader go through
+``accelerator.prepare``. Frozen teachers are only moved to the device, never DDP-wrapped. Methods run their
+attacks on the raw student inside that forward. Everything a method does not do lives here: device placement,
+mixed precision, gradient accumulation, the optimiser and its schedule, seeded data order, logging
+(``metrics.jsonl`` + accelerate trackers + a progress bar), per-epoch clean/PGD validation and atomic
+checkpoints from which ``fit(resume=True)`` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import set_seed
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from ..attacks import eval_mode, objectives, pgd, threat_from_config
+from ..config import DistillConfig, TrainConfig, format_eps
+from ..methods.base import Method, TrainState, cached_logits_key
+from . import checkpoint as ckpt
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns: the trained student, per-epoch validation records, where files are."""
+
+    student: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    output_dir: str = ""
+    steps: int = 0
+    seconds: float = 0.0
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch (``seed + epoch``), so a resumed run replays the same order.
+
+    The trainer sets ``epoch`` itself; the name ``set_epoch`` is avoided on purpose so accelerate's loader
+    wrappers (which call ``set_epoch`` with their own iteration counter) leave it alone.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=order).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class CachedLogits(Dataset):
+    """A dataset whose items also carry frozen teachers' clean logits under ``teacher_logits/<role>``."""
+
+    def __init__(self, dataset: Dataset, logits: Mapping[str, Tensor]) -> None:
+        self.dataset, self.logits = dataset, dict(logits)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        item.update({cached_logits_key(role): logits[index] for role, logits in self.logits.items()})
+        return item
+
+
+class _TrainUnit(nn.Module):
+    """Student + method + trainable teachers: the one module accelerate prepares (and DDP wraps)."""
+
+    def __init__(self, student: nn.Module, method: Method, trainable_teachers: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.student = student
+        self.method = method
+        self.teachers = nn.ModuleDict(dict(trainable_teachers))
+
+    def forward(self, batch: Mapping[str, Tensor], frozen_teachers: Mapping[str, nn.Module],
+                state: TrainState) -> dict[str, Tensor]:
+        return self.method.loss(batch, self.student, {**frozen_teachers, **self.teachers}, state)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": lr}]
+        groups += self.method.param_groups(lr)
+        for role, teacher in self.teachers.items():
+            params = [p for p in teacher.parameters() if p.requires_grad]
+            if not params:
+                raise ValueError(f"trainable teacher {role!r} has no parameter with requires_grad=True; "
+                                 "unfreeze the part the method trains before fitting")
+            groups.append({"params": params, "lr": lr})
+        return groups
+
+
+# -- optimiser and schedule --------------------------------------------------------------------------------
+
+def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW over ``param_groups``; weight decay on every parameter, as the papers do."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr after ``step`` optimiser steps: linear warm-up, then cosine / step / constant."""
+    epoch = step / max(1, steps_per_epoch)
+    if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
+        return (step + 1) / max(1.0, cfg.warmup_epochs * steps_per_epoch)
+    if cfg.scheduler == "cosine":
+        span = max(1e-12, cfg.epochs - cfg.warmup_epochs)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (epoch - cfg.warmup_epochs) / span)))
+    if cfg.scheduler == "step":
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return 1.0
+
+
+# -- the trainer -------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Fit ``student`` with ``method`` on ``train_set``; validate on ``val_set`` after each epoch.
+
+    Args:
+        config: the run's :class:`DistillConfig` (``train`` drives the loop, ``threat`` the validation PGD).
+        student: the model to train (its parameters with ``requires_grad`` are optimised).
+        teachers: one teacher per role in ``method.teacher_roles``; roles in ``method.trainable_teacher_roles``
+            are optimised with the student, all others stay frozen, in eval mode, outside DDP.
+        method: the objective (:class:`Method`).
+        train_set / val_set: map-style datasets of ``{"image", "label"}`` items.
+    """
+
+    def __init__(self, config: DistillConfig, student: nn.Module, teachers: Mapping[str, nn.Module],
+                 method: Method, train_set: Dataset, val_set: Dataset | None = None) -> None:
+        missing = [role for role in method.teacher_roles if role not in teachers]
+        if missing:
+            raise ValueError(f"method {method.name!r} needs teacher role(s) {missing}; got {sorted(teachers)}")
+        self.config, self.student, self.method = config, student, method
+        self.teachers = {role: teachers[role] for role in method.teacher_roles}
+        self.train_set, self.val_set = train_set, val_set
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train for ``train.epochs``; with ``resume`` continue from the newest checkpoint in ``output_dir``."""
+        cfg = self.config.train
+        started = time.perf_counter()
+        acc = make_accelerator(cfg)
+        out_dir = Path(cfg.output_dir)
+        set_seed(cfg.seed, device_specific=True)  # attack noise etc.; the data order has its own seed
+
+        trainable = {r: t for r, t in self.teachers.items() if r in self.method.trainable_teacher_roles}
+        frozen = {r: t.requires_grad_(False).eval().to(acc.device)
+                  for r, t in self.teachers.items() if r not in trainable}
+        train_set = self.train_set
+        if cfg.cache_teacher_outputs and frozen:
+            train_set = cache_teacher_logits(train_set, frozen, batch_size=cfg.batch_size, accelerator=acc)
+        sampler = EpochSampler(len(train_set), cfg.seed)  # type: ignore[arg-type]
+        # Its own generator: iterating a DataLoader draws a base seed, which must not come from (and shift)
+        # the global RNG stream that the attacks use, or a resumed run would diverge.
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
+                            num_workers=self.config.dataset.num_workers,
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        unit = _TrainUnit(self.student, self.method, trainable)
+        optimizer = build_optimizer(unit.param_groups(cfg.lr), cfg)
+        unit, optimizer, loader = acc.prepare(unit, optimizer, loader)
+        # The schedule counts this process's optimiser steps and is stepped by hand: a prepared scheduler
+        # would step num_processes times per step, which only suits schedules defined on the unsharded loader.
+        steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
+        scheduler = LambdaLR(optimizer.optimizer, partial(lr_factor, cfg=cfg, steps_per_epoch=steps_per_epoch))
+        raw_unit: _TrainUnit = acc.unwrap_model(unit)
+        val_loader = self._val_loader(acc)
+
+        start_epoch, start_batch, step = 0, 0, 0
+        history: list[dict[str, Any]] = []
+        latest = ckpt.latest_checkpoint(out_dir) if resume else None
+        if latest is not None:
+            position = load_checkpoint(latest, acc, raw_unit, optimizer, scheduler)
+            start_epoch, start_batch, step = position["epoch"], position["batch"], position["step"]
+            history = position.get("history", [])
+            logger.info("resuming from %s (epoch %d, batch %d, step %d)", latest, start_epoch, start_batch, step)
+        elif acc.is_main_process:
+            if resume:
+                logger.info("no checkpoint in %s; starting from scratch", out_dir)
+            _clear_run(out_dir)
+        acc.wait_for_everyone()
+        metrics = _MetricsLog(out_dir / METRICS_FILE, acc, keep_until=(step, start_epoch) if latest else None)
+        if cfg.log_with:
+            acc.init_trackers(out_dir.name or "robust_student", config=_flat_config(self.config.to_dict()))
+
+        total_steps = cfg.epochs * steps_per_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            sampler.epoch = epoch
+            skip = start_batch if epoch == start_epoch else 0
+            batches = acc.skip_first_batches(loader, skip) if skip else loader
+            unit.train()
+            running: dict[str, Tensor] = {}
+            window = 0
+            bar = tqdm(batches, total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not acc.is_local_main_process, leave=False, dynamic_ncols=True)
+            for batch_index, batch in enumerate(bar, start=skip):
+                state = TrainState(step=step, epoch=epoch, total_steps=total_steps, total_epochs=cfg.epochs)
+                with acc.accumulate(unit):
+                    out = unit(batch, frozen, state)
+                    acc.backward(out["loss"])
+                    if cfg.grad_clip and acc.sync_gradients:
+                        acc.clip_grad_norm_(unit.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                outputs = {k: v.detach().float() for k, v in out.items()}
+                for key, value in outputs.items():
+                    running[key] = running[key] + value if key in running else value
+                window += 1
+                if not acc.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                raw_unit.method.on_step_end(outputs, state)
+                if step % cfg.log_every == 0 or batch_index + 1 == len(loader):
+                    record = _mean_terms(acc, running, window)
+                    running, window = {}, 0
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()}, refresh=False)
+                    metrics.write({"kind": "train", "epoch": epoch, "step": step,
+                                   "lr": scheduler.get_last_lr()[0], **record}, acc)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    self._save(acc, raw_unit, optimizer, scheduler, epoch, batch_index + 1, step, history)
+            bar.close()
+            if acc.num_processes > 1:
+                # DDP syncs parameters, but each replica updated its BN running stats on its own shard since
+                # the last forward: take process 0's so validation and checkpoints see one model.
+                for buffer in raw_unit.buffers():
+                    torch.distributed.broadcast(buffer.data, src=0)
+
+            raw_unit.method.on_epoch_end(TrainState(step=step, epoch=epoch, total_steps=total_steps,
+                                                    total_epochs=cfg.epochs))
+            last = epoch + 1 == cfg.epochs
+            if val_loader is not None and cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
+                record = {"kind": "eval", "epoch": epoch, "step": step,
+                          **evaluate_clean_and_pgd(raw_unit.student, val_loader, self.config, acc)}
+                history.append(record)
+                metrics.write(record, acc)
+                logger.info("epoch %d: clean %.4f, %s %.4f", epoch + 1, record["val_clean_acc"],
+                            record["val_attack"], record["val_pgd_acc"])
+            self._save(acc, raw_unit, optimizer, scheduler, epoch + 1, 0, step, history)
+
+        acc.wait_for_everyone()
+        if cfg.log_with:
+            acc.end_training()
+        student = raw_unit.student.eval()
+        return TrainResult(student=student, history=history, output_dir=str(out_dir), steps=step,
+                           seconds=time.perf_counter() - started)
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _val_loader(self, acc: Accelerator) -> DataLoader | None:
+        cfg = self.config.train
+        if self.val_set is None or cfg.eval_examples <= 0:
+            return None
+        n = min(cfg.eval_examples, len(self.val_set))  # type: ignore[arg-type]
+        subset = torch.utils.data.Subset(self.val_set, range(n))
+        return acc.prepare(DataLoader(subset, batch_size=cfg.batch_size, shuffle=False))
+
+    def _save(self, acc: Accelerator, unit: "_TrainUnit", optimizer: Any, scheduler: LambdaLR, epoch: int,
+              batch: int, step: int, history: list[dict[str, Any]]) -> None:
+        """Write an atomic checkpoint: every process its RNG state, the main process everything else."""
+        out_dir = Path(self.config.train.output_dir)
+        staging = ckpt.staging_dir(out_dir, step)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        acc.wait_for_everyone()
+        ckpt.write_part(staging, f"rng_{acc.process_index}", *ckpt.capture_rng_state())
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.write_part(staging, "model", unit.state_dict())
+            ckpt.write_part(staging, "optimizer", *ckpt.flatten_optimizer_state(optimizer.state_dict()))
+            ckpt.write_part(staging, "scheduler", meta=scheduler.state_dict())  # numbers only (see test)
+            ckpt.write_part(staging, "trainer", meta={
+                "format": ckpt.FORMAT_VERSION, "epoch": epoch, "batch": batch, "step": step,
+                "num_processes": acc.num_processes, "history": history, "config": self.config.to_dict(),
+            })
+            ckpt.commit(staging)
+        acc.wait_for_everyone()
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The run's Accelerator (precision, accumulation, trackers)."""
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        # accelerate pins the first run's precision for the whole process; one process may start afresh
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
+                       log_with=list(cfg.log_with) or None, project_dir=cfg.output_dir)
+
+
+def load_checkpoint(path: Path, acc: Accelerator, unit: nn.Module, optimizer: Any,
+                    scheduler: LambdaLR) -> dict[str, Any]:
+    """Restore unit, optimiser, scheduler and this process's RNG from ``path``; return ``trainer.json``."""
+    position = ckpt.read_trainer_state(path)
+    model_state, _ = ckpt.read_part(path, "model")
+    unit.load_state_dict(model_state, strict=True)
+    optimizer.load_state_dict(ckpt.unflatten_optimizer_state(*ckpt.read_part(path, "optimizer")))
+    _, sched_state = ckpt.read_part(path, "scheduler")
+    scheduler.load_state_dict(sched_state)
+    rng_name = f"rng_{acc.process_index}"
+    if not (path / f"{rng_name}.json").is_file():
+        logger.warning("%s has no RNG state for process %d; using process 0's", path, acc.process_index)
+        rng_name = "rng_0"
+    ckpt.restore_rng_state(*ckpt.read_part(path, rng_name))
+    return position
+
+
+def cache_teacher_logits(dataset: Dataset, teachers: Mapping[str, nn.Module], *, batch_size: int,
+                         accelerator: Accelerator) -> CachedLogits:
+    """Run each frozen teacher once over ``dataset`` and attach its clean logits to every item.
+
+    Valid only for a deterministic data pipeline (the same index always yields the same image), which is
+    checked on the first item; the built-in datasets apply no random augmentation.
+    """
+    first, again = dataset[0]["image"], dataset[0]["image"]
+    if not torch.equal(first, again):
+        raise ValueError("train.cache_teacher_outputs needs a deterministic data pipeline, but dataset[0] "
+                         "returned two different images (random augmentation?); set it to false")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
+    logits: dict[str, list[Tensor]] = {role: [] for role in teachers}
+    with torch.no_grad(), accelerator.autocast():
+        for batch in tqdm(loader, desc="caching teacher outputs", disable=not accelerator.is_local_main_process,
+                          leave=False):
+            x = batch["image"].to(accelerator.device)
+            for role, teacher in teachers.items():
+                logits[role].append(teacher(x).float().cpu())
+    return CachedLogits(dataset, {role: torch.cat(parts) for role, parts in logits.items()})
+
+
+def evaluate_clean_and_pgd(student: nn.Module, loader: DataLoader, config: DistillConfig,
+                           acc: Accelerator) -> dict[str, Any]:
+    """Clean and PGD accuracy with the run's threat (uniform random start), in eval mode, with a fixed seed.
+
+    The seed is forked so validation neither depends on nor disturbs the training RNG stream.
+    """
+    threat_cfg = config.threat
+    threat = threat_from_config(threat_cfg)
+    correct = torch.zeros(2, device=acc.device)
+    seen = 0
+    devices = [acc.device.index or 0] if acc.device.type == "cuda" else []
+    with eval_mode(student), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.eval.seed)
+        for batch in loader:
+            x, y = batch["image"], batch["label"]
+            with torch.no_grad():
+                clean = student(x).argmax(1) == y
+            x_adv = pgd(objectives.ce(student, y), x, threat, steps=threat_cfg.steps,
+                        step_size=threat_cfg.step_size, random_start="uniform")
+            with torch.no_grad():
+                robust = student(x_adv).argmax(1) == y
+            clean, robust = acc.gather_for_metrics((clean, robust))
+            correct += torch.stack([clean.sum(), robust.sum()]).float()
+            seen += int(clean.numel())
+    clean_acc, pgd_acc = (correct / max(1, seen)).tolist()
+    attack = f"pgd{threat_cfg.steps} {threat_cfg.norm} eps={format_eps(threat_cfg.eps)}"
+    return {"val_clean_acc": clean_acc, "val_pgd_acc": pgd_acc, "val_attack": attack, "val_examples": seen}
+
+
+# -- logging -----------------------------------------------------------------------------------------------
+
+class _MetricsLog:
+    """``metrics.jsonl`` (main process) plus accelerate trackers. On resume, records after the checkpoint
+    (written by the interrupted run) are dropped so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, acc: Accelerator, keep_until: tuple[int, int] | None) -> None:
+        self.path = path
+        if acc.is_main_process and keep_until is not None and path.is_file():
+            step, epoch = keep_until
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _before(json.loads(line), step, epoch)]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def write(self, record: dict[str, Any], acc: Accelerator) -> None:
+        if acc.is_main_process:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        numbers = {f"{record['kind']}/{k}": v for k, v in record.items()
+                   if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+        acc.log(numbers, step=record["step"])
+
+
+def _before(record: dict[str, Any], step: int, epoch: int) -> bool:
+    return record["step"] <= step if record.get("kind") == "train" else record["epoch"] < epoch
+
+
+def _mean_terms(acc: Accelerator, running: Mapping[str, Tensor], count: int) -> dict[str, float]:
+    """Average the summed loss terms over the window and over processes (one collective per log step)."""
+    keys = sorted(running)
+    values = torch.stack([running[k] for k in keys]) / max(1, count)
+    values = acc.reduce(values, reduction="mean")
+    return dict(zip(keys, values.tolist()))
+
+
+def _clear_run(out_dir: Path) -> None:
+    """A fresh run must not leave an earlier run's checkpoints for a later ``resume`` to pick up."""
+    root = ckpt.checkpoint_root(out_dir)
+    if root.exists():
+        logger.info("fresh run: removing earlier checkpoints in %s", root)
+        shutil.rmtree(root)
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
+
+
+def _flat_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> ``{"train.lr": 0.1, ...}`` with scalar values, as trackers expect."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flat_config(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+__all__ = ["Trainer", "TrainResult", "EpochSampler", "CachedLogits", "build_optimizer", "lr_factor",
+           "make_accelerator", "load_checkpoint", "cache_teacher_logits", "evaluate_clean_and_pgd",
+           "METRICS_FILE"]
