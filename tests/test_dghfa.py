@@ -78,6 +78,30 @@ def test_method_accumulates_risk_and_updates_tau_once_per_epoch(tiny_teacher, ti
     assert torch.equal(fresh.tau, method.tau)
 
 
+def test_risk_sums_are_all_reduced_when_distributed(tiny_teacher, tiny_student, batch, tmp_path):
+    """With torch.distributed initialised (a one-process gloo group here) the per-batch sums go through
+    all_reduce before they are added; the totals stay those of the batch."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        method = make(hpfa=False)
+        calls = []
+        original = dist.all_reduce
+        dist.all_reduce = lambda tensor, *a, **k: calls.append(tensor.clone()) or original(tensor, *a, **k)
+        try:
+            method.loss(batch, tiny_student, {"teacher": tiny_teacher}, TrainState())
+        finally:
+            dist.all_reduce = original
+    finally:
+        dist.destroy_process_group()
+    assert len(calls) == 1 and calls[0].shape == (2, 3)
+    assert torch.equal(method.risk_count, torch.tensor([2.0, 2.0, 2.0]))
+    assert torch.allclose(method.risk_sum, calls[0][0])
+
+
 # -- eq. 6, HPFA weights and iterates ----------------------------------------------------------------------------
 
 def test_hpfa_weights_uniform_at_start_and_sharp_at_the_end():

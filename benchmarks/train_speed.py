@@ -1,0 +1,277 @@
+"""Training throughput per method, the trainer's overhead, and the speed-up from caching teacher outputs.
+
+1. For each method: training images/s through ``Trainer.fit`` (accelerate, progress bar, metrics, the
+   epoch-end checkpoint — everything) and through a bare loop that does only what the method needs
+   (``method.loss`` -> ``backward`` -> ``optimizer.step``) on the same data, student and teacher, in the same
+   process, repetitions interleaved. Overhead = trainer time / bare time - 1 (target <= 10 %), computed from
+   the process's CPU time (one thread by default), which other jobs on a shared machine barely disturb;
+   wall-clock images/s are reported next to it.
+2. Teacher-output caching: ``kd`` and ``rslad`` for several epochs with a randomly initialised open_clip
+   ViT-B-32 teacher at 224 px (88 M parameters) and the 28-px ``resnet_tiny`` student (~0.3 M), with and
+   without ``train.cache_teacher_outputs``; the cache costs one teacher pass over the training set.
+
+    python benchmarks/train_speed.py            # CPU -> benchmarks/results/train_speed_cpu.{json,md}
+    python benchmarks/train_speed.py --quick    # a smoke run of the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from robust_student import __version__, build_dataset, create_method, create_student, create_teacher
+from robust_student.config import DistillConfig
+from robust_student.methods import Method, TrainState
+from robust_student.training import Trainer
+from robust_student.training.trainer import EpochSampler, cache_teacher_logits, make_accelerator
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ("kd", "pgd-at", "trades", "ard", "rslad", "adaad")
+
+
+def timed(fn: Any, *args: Any) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds of this process)`` of ``fn(*args)``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bare_loop(student: nn.Module, method: Method, teachers: Mapping[str, nn.Module], dataset: Any,
+              cfg: DistillConfig) -> None:
+    """Only what the method needs: its loss, backward and an SGD step per batch."""
+    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=EpochSampler(len(dataset), 0),
+                        generator=torch.Generator())
+    student.train()
+    for step, batch in enumerate(loader):
+        out = method.loss(batch, student, teachers, TrainState(step=step, total_steps=len(loader)))
+        out["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def trainer_run(student: nn.Module, method: Method, teachers: Mapping[str, nn.Module], dataset: Any,
+                cfg: DistillConfig) -> None:
+    """The whole ``Trainer.fit`` (accelerator set-up, loop, logging, epoch-end checkpoint)."""
+    Trainer(cfg, student, teachers, method, dataset, None).fit()
+
+
+def overhead_table(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    data = build_dataset("fashion-mnist", "train").subset(range(args.n_images))
+    teacher = create_teacher(args.teacher)
+    teacher.set_classes(data.prompts.classnames, data.prompts.templates)
+    torch.manual_seed(0)
+    student0 = create_student("resnet_tiny", teacher, image_size=28)
+    rows = []
+    for name in args.methods:
+        cfg = DistillConfig(method=name).with_overrides({
+            "train.epochs": 1, "train.batch_size": args.batch_size, "train.eval_examples": 0,
+            "train.checkpoint_every": 0, "train.log_every": 10, "threat.eps": 0.1, "threat.step_size": 0.025,
+            "threat.steps": args.steps, "train.output_dir": str(workdir / name)})
+        times: dict[str, list[tuple[float, float]]] = {"bare": [], "trainer": []}
+        for repeat in range(args.repeats):
+            order = ("bare", "trainer") if repeat % 2 == 0 else ("trainer", "bare")
+            for kind in order:
+                method = create_method(name, threat=cfg.threat, num_classes=10, embed_dim=student0.embed_dim)
+                teachers = {role: teacher for role in method.teacher_roles}
+                run = bare_loop if kind == "bare" else trainer_run
+                times[kind].append(timed(run, copy.deepcopy(student0), method, teachers, data, cfg))
+        wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+        cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+        rows.append({"method": name, "images": args.n_images, "bare_images_per_s": args.n_images / wall["bare"],
+                     "trainer_images_per_s": args.n_images / wall["trainer"],
+                     "bare_cpu_seconds": cpu["bare"], "trainer_cpu_seconds": cpu["trainer"],
+                     "overhead": cpu["trainer"] / cpu["bare"] - 1,
+                     "wall_overhead": wall["trainer"] / wall["bare"] - 1, "runs": times})
+        logging.info("%s: bare %.1f img/s, trainer %.1f img/s, overhead (CPU time) %+.1f %%", name,
+                     rows[-1]["bare_images_per_s"], rows[-1]["trainer_images_per_s"], 100 * rows[-1]["overhead"])
+    return rows
+
+
+def random_vit_teacher(arch: str) -> nn.Module:
+    """A randomly initialised open_clip model as a Teacher: the cost of a large ViT without any download."""
+    import open_clip
+
+    from robust_student.teachers.open_clip import OpenClipTeacher
+
+    model = open_clip.create_model(arch, pretrained=None)
+    return OpenClipTeacher(model, open_clip.get_tokenizer(arch), name=f"{arch} (random init)", license="n/a")
+
+
+def caching_table(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    data = build_dataset("fashion-mnist", "train").subset(range(args.cache_images))
+    teacher = random_vit_teacher(args.cache_teacher)
+    teacher.set_classes(data.prompts.classnames, data.prompts.templates)
+    torch.manual_seed(0)
+    student0 = create_student("resnet_tiny", teacher, image_size=28)
+    accelerator = make_accelerator(DistillConfig().train)
+    _, fill = timed(lambda: cache_teacher_logits(data, {"teacher": teacher}, batch_size=args.batch_size,
+                                                 accelerator=accelerator))
+    rows = []
+    for name in args.cache_methods:
+        row: dict[str, Any] = {"method": name, "epochs": args.cache_epochs, "images": args.cache_images}
+        for cached in (False, True):
+            cfg = DistillConfig(method=name).with_overrides({
+                "train.epochs": args.cache_epochs, "train.batch_size": args.batch_size, "train.eval_examples": 0,
+                "train.checkpoint_every": 0, "train.cache_teacher_outputs": cached, "threat.eps": 0.1,
+                "threat.step_size": 0.025, "threat.steps": args.steps,
+                "train.output_dir": str(workdir / f"cache_{name}_{cached}")})
+            method = create_method(name, threat=cfg.threat, num_classes=10, embed_dim=student0.embed_dim)
+            _, seconds = timed(trainer_run, copy.deepcopy(student0), method, {"teacher": teacher}, data, cfg)
+            row["cached_seconds" if cached else "uncached_seconds"] = seconds
+        row["speedup"] = row["uncached_seconds"] / row["cached_seconds"]
+        rows.append(row)
+        logging.info("%s x%d epochs: uncached %.1f s, cached %.1f s (x%.2f)", name, args.cache_epochs,
+                     row["uncached_seconds"], row["cached_seconds"], row["speedup"])
+    return {"teacher": args.cache_teacher, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+            "teacher_input": teacher.input_size, "student_parameters": sum(p.numel() for p in student0.parameters()),
+            "cache_fill_seconds": fill, "rows": rows}
+
+
+DGHFA_STEPS = ("ad", "ad+pag", "dghfa")  # no gradient alignment, + the double backward, the full method
+
+
+def dghfa_table(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """DGHFA's cost next to RSLAD's: seconds per training step (bare loop), and the double backward's share.
+
+    ``ad`` is DGHFA without gradient alignment or HPFA; ``ad+pag`` adds L_PAG (the teacher's input-gradient
+    and the student's double backward); ``dghfa`` adds HPFA (N_m iterates through the student).
+    """
+    from robust_student.methods.dghfa import ABLATIONS
+
+    data = build_dataset("fashion-mnist", "train").subset(range(args.n_images))
+    teacher = create_teacher(args.teacher)
+    teacher.set_classes(data.prompts.classnames, data.prompts.templates)
+    torch.manual_seed(0)
+    student0 = create_student("resnet_tiny", teacher, image_size=28)
+    variants = {"rslad": ("rslad", {})}
+    variants.update({f"dghfa:{k}": ("dghfa", {**ABLATIONS[k], "num_intermediate": min(6, args.steps)})
+                     for k in DGHFA_STEPS})
+    cfg = DistillConfig().with_overrides({"train.batch_size": args.batch_size, "threat.eps": 0.1,
+                                          "threat.step_size": 0.025, "threat.steps": args.steps})
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for repeat in range(args.repeats):
+        for label, (name, method_args) in (variants.items() if repeat % 2 == 0 else reversed(variants.items())):
+            method = create_method(name, method_args, threat=cfg.threat, num_classes=10, embed_dim=student0.embed_dim)
+            _, cpu_seconds = timed(bare_loop, copy.deepcopy(student0), method, {"teacher": teacher}, data, cfg)
+            times[label].append(cpu_seconds)
+    steps = -(-args.n_images // args.batch_size)
+    rslad = statistics.median(times["rslad"])
+    rows = [{"variant": label, "seconds_per_step": statistics.median(t) / steps,
+             "vs_rslad": statistics.median(t) / rslad, "seconds": t} for label, t in times.items()]
+    logging.info("dghfa: %s", ", ".join(f"{r['variant']} {r['seconds_per_step']:.2f} s/step "
+                                        f"(x{r['vs_rslad']:.2f} RSLAD)" for r in rows))
+    return rows
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [
+        "# Training speed (`benchmarks/train_speed.py`)", "",
+        f"Machine: {result['machine']}; torch {result['torch']}, {s['threads']} threads; robust_student "
+        f"{result['robust_student']}. Student `resnet_tiny` (28 px), teacher `{s['teacher']}`, Fashion-MNIST, "
+        f"batch {s['batch_size']}, {s['steps']}-step PGD (eps 0.1), {s['n_images']} images per run, median of "
+        f"{s['repeats']} interleaved repetitions.", "",
+        "## Trainer overhead over the bare loop each method needs", "",
+        "| method | bare loop (img/s) | Trainer.fit (img/s) | bare CPU s | Trainer CPU s | overhead (CPU time) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["overhead"]:
+        lines.append(f"| {row['method']} | {row['bare_images_per_s']:.1f} | {row['trainer_images_per_s']:.1f} "
+                     f"| {row['bare_cpu_seconds']:.2f} | {row['trainer_cpu_seconds']:.2f} "
+                     f"| {100 * row['overhead']:+.1f} % |")
+    lines += ["", "Trainer.fit is timed end to end: accelerator set-up, data loading, progress bar, metrics and "
+              "the epoch-end checkpoint are all inside. Images/s are wall clock on a machine shared with other "
+              "jobs (noisy); the overhead compares CPU seconds of this process, which such sharing barely "
+              "changes.", ""]
+    cache = result.get("caching")
+    if cache:
+        lines += [
+            "## Caching the teacher's clean outputs", "",
+            f"Teacher `{cache['teacher']}` ({cache['teacher_parameters'] / 1e6:.1f} M parameters, "
+            f"{cache['teacher_input']} px input), student {cache['student_parameters'] / 1e6:.2f} M parameters; "
+            f"filling the cache (one teacher pass over {cache['rows'][0]['images']} images) takes "
+            f"{cache['cache_fill_seconds']:.1f} CPU s and is included in the cached times.", "",
+            "| method | epochs | uncached (CPU s) | cached (CPU s) | speed-up |", "|---|---:|---:|---:|---:|",
+        ]
+        for row in cache["rows"]:
+            lines.append(f"| {row['method']} | {row['epochs']} | {row['uncached_seconds']:.1f} | "
+                         f"{row['cached_seconds']:.1f} | x{row['speedup']:.2f} |")
+        lines += ["", "AdaAD is left out: its losses use the teacher at x' only (alpha 1), so there is nothing to "
+                  "cache.", ""]
+    dghfa = result.get("dghfa")
+    if dghfa:
+        by = {row["variant"]: row for row in dghfa}
+        lines += [
+            "## DGHFA step time next to RSLAD's", "",
+            f"Bare loop (loss, backward, SGD step), batch {s['batch_size']}, {s['steps']}-step PGD, median of "
+            f"{s['repeats']} interleaved repetitions. `dghfa:ad` is DGHFA with neither gradient alignment nor HPFA; "
+            "`dghfa:ad+pag` adds L_PAG (the teacher's input-gradient and the student's double backward); "
+            "`dghfa:dghfa` is the full method (DWGA + HPFA over min(6, steps) PGD iterates).", "",
+            "| variant | s / step | x RSLAD |", "|---|---:|---:|",
+        ]
+        lines += [f"| {r['variant']} | {r['seconds_per_step']:.3f} | {r['vs_rslad']:.2f} |" for r in dghfa]
+        double = by["dghfa:ad+pag"]["seconds_per_step"] / by["dghfa:ad"]["seconds_per_step"] - 1
+        lines += ["", f"The double backward (L_PAG) adds {100 * double:.0f} % to a DGHFA step without it.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--teacher", default="fmnist-clip")
+    parser.add_argument("--n-images", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="PGD steps of the training attack")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU time is exact with one)")
+    parser.add_argument("--cache-teacher", default="ViT-B-32")
+    parser.add_argument("--cache-methods", nargs="+", default=["kd", "rslad"])
+    parser.add_argument("--cache-images", type=int, default=256)
+    parser.add_argument("--cache-epochs", type=int, default=3)
+    parser.add_argument("--no-cache-bench", action="store_true")
+    parser.add_argument("--no-dghfa-bench", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
+    parser.add_argument("--output", default=str(RESULTS / "train_speed_cpu"))
+    args = parser.parse_args()
+    if args.quick:
+        args.n_images, args.repeats, args.steps, args.cache_images, args.cache_epochs = 128, 1, 2, 32, 2
+        args.batch_size, args.cache_teacher = 64, "ViT-B-32"
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("robust_student").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result: dict[str, Any] = {
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
+            "torch": torch.__version__, "robust_student": __version__,
+            "settings": {"teacher": args.teacher, "batch_size": args.batch_size, "steps": args.steps,
+                         "n_images": args.n_images, "repeats": args.repeats, "threads": args.threads},
+            "overhead": overhead_table(args, Path(tmp)),
+        }
+        if not args.no_cache_bench:
+            result["caching"] = caching_table(args, Path(tmp))
+        if not args.no_dghfa_bench:
+            result["dghfa"] = dghfa_table(args)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    output.with_suffix(".md").write_text(to_markdown(result), encoding="utf-8")
+    print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
