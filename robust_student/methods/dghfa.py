@@ -39,12 +39,12 @@ sums are all-reduced before they are added, so every rank holds the same totals 
 sees the whole epoch.
 
 ``normalize_grads`` (default ``True``) divides each per-sample gradient by its L2 norm before the difference,
-so ``L_PAG = 2 - 2 cos(g_S, g_T)`` is in [0, 4] and only the gradient *direction* is aligned. Why it is the
-default: teacher and student gradients live on different scales (the teacher's logit scale, its own
-resolution and normalisation), so the raw difference is dominated by the scale mismatch rather than by where
-the gradients point; on the Fashion-MNIST benchmark (``benchmarks/dghfa_fmnist.py``, results in
-``benchmarks/results/dghfa_fmnist.md``) the raw variant's loss spanned orders of magnitude and it was not
-better on any robust metric. Set ``normalize_grads=False`` for the paper's literal squared difference.
+so ``L_PAG = 2 - 2 cos(g_S, g_T)`` is in [0, 4] and only the gradient *direction* is aligned. Why: teacher and
+student gradients live on different scales (the teacher's logit scale, its own resolution and normalisation),
+so the raw difference is dominated by the scale mismatch rather than by where the gradients point. The
+default is provisional until ``benchmarks/dghfa_fmnist.py`` (its ``dghfa-raw-grads`` row) has committed
+results in ``benchmarks/results/dghfa_fmnist.md``. Set ``normalize_grads=False`` for the paper's literal
+squared difference.
 """
 
 from __future__ import annotations
