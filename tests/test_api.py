@@ -21,15 +21,6 @@ if "tiny-test" not in TEACHERS:
     register_teacher("tiny-test")(lambda arg=None, **kw: TinyTeacher(**kw))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads thrash when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _small(tmp_path, **extra):
     return {"epochs": 1, "batch_size": 16, "max_train_examples": 64, "eval_examples": 16,
             "student_args": {"width": 8}, "threat.steps": 2, "train.output_dir": str(tmp_path / "run"), **extra}

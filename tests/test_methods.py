@@ -20,15 +20,6 @@ STEPS = 6  # enough PGD iterates for every method's defaults (DGHFA aligns 6 of 
 BASELINES = ["kd", "pgd-at", "trades", "ard", "rslad", "adaad"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads thrash when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(name: str, student, **threat) -> Method:
     threat_cfg = ThreatConfig(**{"steps": STEPS, **threat})
     return create_method(name, threat=threat_cfg, num_classes=student.num_classes, embed_dim=student.embed_dim)

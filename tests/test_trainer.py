@@ -21,15 +21,6 @@ from robust_student.training import checkpoint as ckpt
 from robust_student.training.trainer import EpochSampler, cache_teacher_logits, make_accelerator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads thrash when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(tmp_path: Path, method: str = "rslad", **train) -> DistillConfig:
     overrides = {"train.epochs": 2, "train.batch_size": 8, "train.output_dir": str(tmp_path / "run"),
                  "train.checkpoint_every": 3, "train.log_every": 2, "train.eval_examples": 16, "threat.steps": 2}
