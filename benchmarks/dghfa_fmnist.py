@@ -102,6 +102,27 @@ def train_run(label: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
             "train_log": train, "finite": finite}
 
 
+def cached_run_mismatch(run: dict[str, Any], label: str, args: argparse.Namespace) -> list[str]:
+    """Settings in which a finished run of ``--workdir`` differs from this invocation (empty: reusable)."""
+    cfg = run["config"]
+    warm = label == WARMSTART
+    expected = {
+        ("train", "seed"): args.seed, ("train", "batch_size"): args.batch_size, ("train", "lr"): args.lr,
+        ("train", "optimizer"): args.optimizer,
+        ("train", "epochs"): args.warmup_epochs if warm else args.epochs,
+        ("dataset", "max_train_examples"): args.warmup_n_train if warm else args.n_train,
+    }
+    if not warm:
+        expected |= {("threat", "eps"): args.train_eps, ("threat", "steps"): args.train_steps,
+                     ("threat", "step_size"): args.train_step_size}
+    mismatch = [f"{a}.{b} {cfg[a][b]!r} != {value!r}" for (a, b), value in expected.items() if cfg[a][b] != value]
+    for eps, rep in run.get("eval", {}).items():
+        if rep["main"]["n_examples"] != args.n_eval or rep["autoattack"]["n_examples"] != args.n_aa:
+            mismatch.append(f"evaluated at eps {eps} on {rep['main']['n_examples']}/{rep['autoattack']['n_examples']} "
+                            f"images, not {args.n_eval}/{args.n_aa}")
+    return mismatch
+
+
 def evaluate_run(label: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Evaluate the saved student of ``label`` at every eps on the same seeded test subset."""
     from robust_student.students.io import load_student
@@ -139,7 +160,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"images, with the gradient-masking checks on {s['n_check']} of them; AutoAttack (pyautoattack's standard "
         f"version, Square reduced to {s['square_queries']} queries) on the first {s['n_aa']} of that subset, "
         f"with PGD-20 on those same images in brackets. Machine: {result['machine']}; torch {result['torch']}; "
-        f"robust_student {result['robust_student']}.", "",
+        f"robust_student {result['robust_student']}. Train times are wall-clock on that shared machine, with other "
+        f"jobs running, so they are not a speed comparison: `benchmarks/train_speed.py` measures step times.", "",
         f"Command: `{result['command']}`", "",
     ]
     for eps in s["eval_eps_text"]:
@@ -203,8 +225,8 @@ def main() -> None:
     parser.add_argument("--square-queries", type=int, default=1000)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workdir", default="runs/dghfa_fmnist")
-    parser.add_argument("--output", default=str(RESULTS / "dghfa_fmnist"))
+    parser.add_argument("--workdir", help="default: runs/dghfa_fmnist, with _seed<N> for a seed other than 0")
+    parser.add_argument("--output", help="default: benchmarks/results/dghfa_fmnist, with _seed<N> as --workdir")
     parser.add_argument("--notes", default="", help="text for the Notes section of the markdown")
     parser.add_argument("--fresh", action="store_true", help="ignore finished runs in --workdir")
     parser.add_argument("--skip-eval", action="store_true")
@@ -214,6 +236,9 @@ def main() -> None:
         args.n_train, args.epochs, args.train_steps, args.n_eval, args.n_check = 256, 1, 2, 32, 16
         args.warmup_n_train, args.n_aa = 256, 16
         args.square_queries, args.workdir, args.output = 50, "runs/dghfa_fmnist_quick", "/tmp/dghfa_fmnist_quick"
+    suffix = f"_seed{args.seed}" if args.seed else ""
+    args.workdir = args.workdir or f"runs/dghfa_fmnist{suffix}"
+    args.output = args.output or str(RESULTS / f"dghfa_fmnist{suffix}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("robust_student").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -225,6 +250,9 @@ def main() -> None:
     for label in [WARMSTART, *args.runs]:
         cache = workdir / label / "result.json"
         run = json.loads(cache.read_text()) if cache.is_file() else None
+        if run is not None and (mismatch := cached_run_mismatch(run, label, args)):
+            raise SystemExit(f"{cache} was trained with other settings ({'; '.join(mismatch)}): "
+                             "pass --fresh to start over, or another --workdir")
         if run is None:
             logging.info("training %s", label)
             run = warm_start(args, workdir) if label == WARMSTART else train_run(label, args, workdir)
@@ -241,10 +269,10 @@ def main() -> None:
         "command": "python benchmarks/dghfa_fmnist.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k in ("n_train", "epochs", "batch_size", "optimizer", "lr", "train_steps", "train_step_size",
+            if k in ("runs", "seed", "n_train", "epochs", "batch_size", "optimizer", "lr", "train_steps", "train_step_size",
                      "num_intermediate", "warmup_n_train", "warmup_epochs", "n_eval", "n_check", "n_aa",
                      "square_queries")),
-        "settings": {**{k: v for k, v in vars(args).items() if k not in ("runs", "notes")},
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("runs", "notes", "output")},
                      "eval_eps_text": [format_eps(e) for e in args.eval_eps]},
         "notes": args.notes,
         "runs": runs,
