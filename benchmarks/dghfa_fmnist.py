@@ -62,7 +62,7 @@ def warm_start(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         dataset=DataConfig(name="fashion-mnist", max_train_examples=args.warmup_n_train),
         epochs=args.warmup_epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
         eval_examples=0,
-        checkpoint_every=0, log_every=args.log_every, output_dir=str(out_dir),
+        checkpoint_every=0, log_every=args.log_every, output_dir=str(out_dir), overwrite=True,
     )
     start = time.perf_counter()
     distiller.fit()
@@ -81,8 +81,8 @@ def train_run(label: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.optimizer": args.optimizer,
         "train.lr": args.lr,
         "train.seed": args.seed, "train.eval_examples": 0, "train.checkpoint_every": 0,
-        "train.log_every": args.log_every, "train.output_dir": str(out_dir),
-        "threat.eps": args.train_eps, "threat.step_size": args.train_step_size, "threat.steps": args.train_steps,
+        "train.log_every": args.log_every, "train.output_dir": str(out_dir), "train.overwrite": True,
+        "threat.eps": args.train_eps, "attack.step_size": args.train_step_size, "attack.steps": args.train_steps,
     }
     if method == "dghfa":
         method_args = {**method_args, "num_intermediate": min(args.num_intermediate, args.train_steps)}
@@ -114,8 +114,8 @@ def cached_run_mismatch(run: dict[str, Any], label: str, args: argparse.Namespac
         ("dataset", "max_train_examples"): args.warmup_n_train if warm else args.n_train,
     }
     if not warm:
-        expected |= {("threat", "eps"): args.train_eps, ("threat", "steps"): args.train_steps,
-                     ("threat", "step_size"): args.train_step_size}
+        expected |= {("threat", "eps"): args.train_eps, ("attack", "steps"): args.train_steps,
+                     ("attack", "step_size"): args.train_step_size}
     mismatch = [f"{a}.{b} {cfg[a][b]!r} != {value!r}" for (a, b), value in expected.items() if cfg[a][b] != value]
     for eps, rep in run.get("eval", {}).items():
         if rep["main"]["n_examples"] != args.n_eval or rep["autoattack"]["n_examples"] != args.n_aa:

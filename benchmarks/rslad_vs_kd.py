@@ -25,7 +25,8 @@ def main(method: str) -> None:
     distiller = RobustDistiller(
         teacher="fmnist-clip", method=method, student="resnet_tiny", dataset="fashion-mnist", epochs=2,
         batch_size=64, optimizer="adamw", lr=0.003, max_train_examples=4000, output_dir=f"runs/rslad_vs_kd/{method}",
-        **{"threat.eps": 0.1, "threat.steps": 3, "threat.step_size": 0.04},
+        overwrite=True,
+        **{"threat.eps": 0.1, "attack.steps": 3, "attack.step_size": 0.04},
     )
     distiller.fit()
     results = {}

@@ -35,7 +35,7 @@ from robust_student import __version__, build_dataset, create_method, create_stu
 from robust_student.config import DistillConfig
 from robust_student.methods import Method, TrainState
 from robust_student.training import Trainer
-from robust_student.training.trainer import EpochSampler, cache_teacher_logits, make_accelerator
+from robust_student.training.trainer import EpochSampler, cache_teacher_outputs, make_accelerator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("kd", "pgd-at", "trades", "ard", "rslad", "adaad")
@@ -55,6 +55,7 @@ def bare_loop(student: nn.Module, method: Method, teachers: Mapping[str, nn.Modu
                                 weight_decay=cfg.train.weight_decay)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=EpochSampler(len(dataset), 0),
                         generator=torch.Generator())
+    method.setup(student, teachers)
     student.train()
     for step, batch in enumerate(loader):
         out = method.loss(batch, student, teachers, TrainState(step=step, total_steps=len(loader)))
@@ -79,13 +80,14 @@ def overhead_table(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
     for name in args.methods:
         cfg = DistillConfig(method=name).with_overrides({
             "train.epochs": 1, "train.batch_size": args.batch_size, "train.eval_examples": 0,
-            "train.checkpoint_every": 0, "train.log_every": 10, "threat.eps": 0.1, "threat.step_size": 0.025,
-            "threat.steps": args.steps, "train.output_dir": str(workdir / name)})
+            "train.checkpoint_every": 0, "train.log_every": 10, "threat.eps": 0.1, "attack.step_size": 0.025,
+            "attack.steps": args.steps, "train.output_dir": str(workdir / name), "train.overwrite": True})
         times: dict[str, list[tuple[float, float]]] = {"bare": [], "trainer": []}
         for repeat in range(args.repeats):
             order = ("bare", "trainer") if repeat % 2 == 0 else ("trainer", "bare")
             for kind in order:
-                method = create_method(name, threat=cfg.threat, num_classes=10, embed_dim=student0.embed_dim)
+                method = create_method(name, threat=cfg.threat, attack=cfg.attack, num_classes=10,
+                                       embed_dim=student0.embed_dim)
                 teachers = {role: teacher for role in method.teacher_roles}
                 run = bare_loop if kind == "bare" else trainer_run
                 times[kind].append(timed(run, copy.deepcopy(student0), method, teachers, data, cfg))
@@ -118,7 +120,7 @@ def caching_table(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     student0 = create_student("resnet_tiny", teacher, image_size=28)
     accelerator = make_accelerator(DistillConfig().train)
-    _, fill = timed(lambda: cache_teacher_logits(data, {"teacher": teacher}, batch_size=args.batch_size,
+    _, fill = timed(lambda: cache_teacher_outputs(data, {"teacher": teacher}, batch_size=args.batch_size,
                                                  accelerator=accelerator))
     rows = []
     for name in args.cache_methods:
@@ -127,9 +129,10 @@ def caching_table(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             cfg = DistillConfig(method=name).with_overrides({
                 "train.epochs": args.cache_epochs, "train.batch_size": args.batch_size, "train.eval_examples": 0,
                 "train.checkpoint_every": 0, "train.cache_teacher_outputs": cached, "threat.eps": 0.1,
-                "threat.step_size": 0.025, "threat.steps": args.steps,
-                "train.output_dir": str(workdir / f"cache_{name}_{cached}")})
-            method = create_method(name, threat=cfg.threat, num_classes=10, embed_dim=student0.embed_dim)
+                "attack.step_size": 0.025, "attack.steps": args.steps,
+                "train.output_dir": str(workdir / f"cache_{name}_{cached}"), "train.overwrite": True})
+            method = create_method(name, threat=cfg.threat, attack=cfg.attack, num_classes=10,
+                                   embed_dim=student0.embed_dim)
             _, seconds = timed(trainer_run, copy.deepcopy(student0), method, {"teacher": teacher}, data, cfg)
             row["cached_seconds" if cached else "uncached_seconds"] = seconds
         row["speedup"] = row["uncached_seconds"] / row["cached_seconds"]
@@ -161,11 +164,12 @@ def dghfa_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     variants.update({f"dghfa:{k}": ("dghfa", {**ABLATIONS[k], "num_intermediate": min(6, args.steps)})
                      for k in DGHFA_STEPS})
     cfg = DistillConfig().with_overrides({"train.batch_size": args.batch_size, "threat.eps": 0.1,
-                                          "threat.step_size": 0.025, "threat.steps": args.steps})
+                                          "attack.step_size": 0.025, "attack.steps": args.steps})
     times: dict[str, list[float]] = {k: [] for k in variants}
     for repeat in range(args.repeats):
         for label, (name, method_args) in (variants.items() if repeat % 2 == 0 else reversed(variants.items())):
-            method = create_method(name, method_args, threat=cfg.threat, num_classes=10, embed_dim=student0.embed_dim)
+            method = create_method(name, method_args, threat=cfg.threat, attack=cfg.attack,
+                                   num_classes=10, embed_dim=student0.embed_dim)
             _, cpu_seconds = timed(bare_loop, copy.deepcopy(student0), method, {"teacher": teacher}, data, cfg)
             times[label].append(cpu_seconds)
     steps = -(-args.n_images // args.batch_size)

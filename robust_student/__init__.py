@@ -8,21 +8,24 @@ from __future__ import annotations
 
 from .api import RobustDistiller
 from .attacks import list_attacks
-from .config import DataConfig, DistillConfig, EvalConfig, ThreatConfig, TrainConfig
+from .config import (AttackConfig, ConfigError, DataConfig, DistillConfig, EvalConfig, TeacherSpec, ThreatConfig,
+                     TrainConfig)
 from .data import build_dataset, list_datasets
 from .evaluation import RobustnessReport, evaluate_robustness
 from .methods import Method, MethodConfig, TrainState, create_method, list_methods, register_method
 from .students import Student, create_student, list_students
-from .teachers import Teacher, create_teacher, list_teachers
+from .students.io import load_student, save_student
+from .teachers import Teacher, create_teacher, describe_teacher, list_teachers
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RobustDistiller",
     "Method", "MethodConfig", "TrainState", "create_method", "list_methods", "register_method",
-    "DistillConfig", "DataConfig", "ThreatConfig", "TrainConfig", "EvalConfig",
-    "Teacher", "create_teacher", "list_teachers",
-    "Student", "create_student", "list_students",
+    "DistillConfig", "DataConfig", "ThreatConfig", "AttackConfig", "TrainConfig", "EvalConfig", "TeacherSpec",
+    "ConfigError",
+    "Teacher", "create_teacher", "list_teachers", "describe_teacher",
+    "Student", "create_student", "list_students", "load_student", "save_student",
     "build_dataset", "list_datasets",
     "evaluate_robustness", "RobustnessReport", "list_attacks",
     "__version__",

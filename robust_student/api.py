@@ -20,20 +20,21 @@ import torch
 from accelerate.state import PartialState
 from torch import nn
 
-from .config import DataConfig, DistillConfig, EvalConfig, ThreatConfig, TrainConfig
-from .data import DATASETS, build_dataset
-from .evaluation import RobustnessReport, evaluate_robustness
-from .methods import METHODS, create_method
+from .attacks import get_attack, threat_from_config
+from .config import AttackConfig, DataConfig, DistillConfig, EvalConfig, TeacherSpec, ThreatConfig, TrainConfig
+from .data import DATASETS, build_dataset, check_training_data
+from .evaluation import RobustnessReport, check_request, evaluate_robustness
+from .methods import METHODS, Method, create_method
 from .students import STUDENTS, Student, create_student
-from .students.io import save_student
 from .teachers import TEACHERS, Teacher, create_teacher
-from .training import Trainer, TrainResult
+from .training import Trainer, TrainResult, preflight
 
 logger = logging.getLogger(__name__)
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 # Sections whose fields may be passed to RobustDistiller as bare keywords (``epochs=3`` -> ``train.epochs``).
-SECTIONS: dict[str, type] = {"train": TrainConfig, "threat": ThreatConfig, "eval": EvalConfig, "dataset": DataConfig}
+SECTIONS: dict[str, type] = {"train": TrainConfig, "threat": ThreatConfig, "attack": AttackConfig, "eval": EvalConfig,
+                             "dataset": DataConfig}
 
 
 def list_recipes() -> list[str]:
@@ -82,8 +83,10 @@ class RobustDistiller:
     """Distil ``teacher`` into ``student`` with ``method`` on ``dataset``; the facade over the whole SDK.
 
     Args:
-        teacher: a registered teacher name/spec (:func:`list_teachers`) or a :class:`Teacher` instance.
-            It fills the method's first teacher role; other roles come from ``config.teachers``.
+        teacher: a registered teacher name/spec (:func:`list_teachers`) or a :class:`Teacher` instance, which
+            fills the method's first teacher role; or a dict of roles, ``{"adv": "fmnist-clip-fare",
+            "clean": "fmnist-clip"}`` (values: names or :class:`TeacherSpec` dicts), which sets
+            ``config.teachers``.
         method: a registered method name (:func:`list_methods`).
         student: a registered student name (:func:`list_students`) or a :class:`Student` instance.
         dataset: a dataset spec (:func:`list_datasets`), e.g. ``"fashion-mnist"``, ``"imagefolder:/data/x"``.
@@ -92,19 +95,25 @@ class RobustDistiller:
             ``method_args={"beta": 3}``).
     """
 
-    def __init__(self, teacher: str | Teacher | None = None, method: str | None = None,
+    def __init__(self, teacher: str | Teacher | dict[str, Any] | None = None, method: str | None = None,
                  student: str | Student | None = None, dataset: str | DataConfig | None = None, *,
                  config: DistillConfig | None = None, **overrides: Any) -> None:
         self._teacher = teacher if isinstance(teacher, nn.Module) else None
         self._student = student if isinstance(student, nn.Module) else None
         names: dict[str, Any] = {"method": method, "dataset": dataset}
-        names["teacher"] = getattr(teacher, "name", type(teacher).__name__) if self._teacher is not None else teacher
+        if isinstance(teacher, dict):
+            roles = {role: TeacherSpec.coerce(spec).to_dict() for role, spec in teacher.items()}
+            names["teachers"] = roles
+            names["teacher"] = next(iter(roles.values()))["name"] if roles else None
+        else:
+            names["teacher"] = (getattr(teacher, "name", type(teacher).__name__) if self._teacher is not None
+                                else teacher)
         names["student"] = (self._student.spec.get("name", type(student).__name__)
                             if isinstance(self._student, Student) else student)
         if isinstance(dataset, DataConfig):
             names["dataset"] = dataset.to_dict()
         self._config = apply_overrides(config or DistillConfig(), {**names, **overrides})
-        self._validate_names()
+        self._validate()
         self.history: list[dict[str, Any]] = []
         self.result: TrainResult | None = None
 
@@ -123,31 +132,40 @@ class RobustDistiller:
         """The student being trained (``None`` before :meth:`fit` unless one was passed in)."""
         return self._student
 
-    def fit(self, resume: bool = False) -> Student:
-        """Train the student; with ``resume`` continue from the newest checkpoint in ``train.output_dir``.
+    def fit(self, resume: bool = False, overwrite: bool | None = None) -> Student:
+        """Train the student; with ``resume`` continue from the newest intact checkpoint in ``train.output_dir``.
 
-        Writes checkpoints and ``metrics.jsonl`` to ``train.output_dir`` and the final student to
-        ``<output_dir>/student`` (``load_student`` reads it back).
+        A folder that already holds a run is refused unless ``resume`` or ``overwrite`` (default
+        ``train.overwrite``); the old run is removed only once the new one has committed a checkpoint. Writes
+        checkpoints and ``metrics.jsonl`` to ``train.output_dir`` and the final student to
+        ``<output_dir>/student`` (:func:`load_student` reads it back).
         """
+        if overwrite is not None:
+            self._config = self._config.with_overrides({"train.overwrite": bool(overwrite)})
         cfg = self._config
+        # Everything that needs no data is checked before any data or teacher loads.
+        if PartialState().is_main_process:
+            preflight(cfg.train.output_dir, resume=resume, overwrite=cfg.train.overwrite, config=cfg.to_dict())
         train_set = build_dataset(cfg.dataset, "train")
         val_set = build_dataset(cfg.dataset, "val")
+        check_training_data(train_set, val_set, cfg)
         prompts = train_set.prompts
-        primary = self._teacher if self._teacher is not None else create_teacher(cfg.teacher, **cfg.teacher_args)
-        primary.set_classes(prompts.classnames, prompts.templates)
-        teachers = self._teachers_for_roles(primary, prompts)
+        teachers = self._teachers_for_roles(prompts)
+        if teachers:
+            primary = next(iter(teachers.values()))
+        else:  # a method with no teacher role (pgd-at, trades) still classifies with the teacher's text
+            primary = self._teacher or create_teacher(cfg.teacher, **cfg.teacher_args)
+            primary.set_classes(prompts.classnames, prompts.templates)
         if self._student is None:
             image_size = cfg.dataset.image_size or int(train_set[0]["image"].shape[-1])
             torch.manual_seed(cfg.train.seed)
             self._student = create_student(cfg.student, primary, image_size=image_size, **cfg.student_args)
-        method = create_method(cfg.method, cfg.method_args, threat=cfg.threat, num_classes=train_set.num_classes,
-                               embed_dim=self._student.embed_dim)
+            self._student.labels = train_set.labels
+        method = create_method(cfg.method, cfg.method_args, threat=cfg.threat, attack=cfg.attack,
+                               num_classes=train_set.num_classes, embed_dim=self._student.embed_dim)
         logger.info("fitting %s -> %s with %s on %s", cfg.teacher, cfg.student, cfg.method, cfg.dataset.name)
         self.result = Trainer(cfg, self._student, teachers, method, train_set, val_set).fit(resume=resume)
         self._student, self.history = self.result.student, self.result.history
-        if PartialState().is_main_process:
-            save_student(self._student, Path(cfg.train.output_dir) / "student",
-                         extra={"config": cfg.to_dict(), "history": self.history})
         return self._student
 
     def evaluate(self, attacks: Sequence[str] | None = None, *, n_examples: int | None = None,
@@ -159,10 +177,14 @@ class RobustDistiller:
         if self._student is None:
             raise RuntimeError("There is no student to evaluate yet: call fit() first (or pass student=...)")
         ev = self._config.eval
+        kwargs.setdefault("threat", ev.threat)
+        attacks = list(attacks or ev.attacks)
+        threat = kwargs["threat"]
+        check_request(attacks, threat_from_config(threat) if isinstance(threat, ThreatConfig) else threat,
+                      n_examples=n_examples or ev.n_examples, batch_size=ev.batch_size)
         data = build_dataset(self._config.dataset, split or ev.split)
-        kwargs.setdefault("threat", ThreatConfig(norm=ev.norm, eps=ev.eps))
         return evaluate_robustness(
-            self._student, data, attacks=list(attacks or ev.attacks), n_examples=n_examples or ev.n_examples,
+            self._student, data, attacks=attacks, n_examples=n_examples or ev.n_examples,
             batch_size=ev.batch_size, seed=ev.seed, model_name=f"{self._config.student} ({self._config.method})",
             dataset_name=self._config.dataset.name, **kwargs,
         )
@@ -173,31 +195,48 @@ class RobustDistiller:
                 f"dataset={c.dataset.name!r}, output_dir={c.train.output_dir!r})")
 
     # -- helpers -----------------------------------------------------------------------------------------
-    def _validate_names(self) -> None:
-        """Fail on a typo now, not after the dataset has loaded (each registry lists the valid names)."""
+    def _validate(self) -> None:
+        """Fail on a typo or a meaningless value now, not after the dataset has loaded: every name resolves, the
+        method (with its ``method_args``, threat and attack loop) builds, every role has a teacher, and the
+        evaluation attacks exist."""
         cfg = self._config
-        METHODS.get(cfg.method)
+        method_cls: type[Method] = METHODS.get(cfg.method)
+        create_method(cfg.method, cfg.method_args, threat=cfg.threat, attack=cfg.attack)
         DATASETS.resolve(cfg.dataset.name)
         if self._teacher is None:
             TEACHERS.resolve(cfg.teacher)
         if self._student is None:
             STUDENTS.resolve(cfg.student)
-        for spec in cfg.teachers.values():
-            TEACHERS.resolve(spec)
+        unknown_roles = sorted(set(cfg.teachers) - set(method_cls.teacher_roles))
+        if unknown_roles:
+            raise ValueError(f"teachers names role(s) {unknown_roles} that method {cfg.method!r} does not use; its "
+                             f"roles are {list(method_cls.teacher_roles) or 'none'}")
+        for index, role in enumerate(method_cls.teacher_roles):
+            spec = cfg.teacher_spec(role, first_role=index == 0)
+            if spec is None:
+                raise ValueError(f"method {cfg.method!r} needs a teacher for role {role!r} (roles: "
+                                 f"{list(method_cls.teacher_roles)}); set it with teachers={{'{role}': '<name>'}}")
+            if index > 0 or role in cfg.teachers or self._teacher is None:
+                TEACHERS.resolve(spec.name)
+        for attack in cfg.eval.attacks:
+            if attack != "clean":
+                get_attack(attack)
+        if cfg.train.eval_examples > 0:
+            get_attack(cfg.train.val_attack)
 
-    def _teachers_for_roles(self, primary: Teacher, prompts: Any) -> dict[str, Teacher]:
+    def _teachers_for_roles(self, prompts: Any) -> dict[str, Teacher]:
+        """One teacher per method role (``teacher_args`` reach every role; a role's own ``args`` win), with the
+        dataset's classes set."""
         cfg = self._config
         roles = METHODS.get(cfg.method).teacher_roles
         teachers: dict[str, Teacher] = {}
         for index, role in enumerate(roles):
-            if role in cfg.teachers:
-                teachers[role] = create_teacher(cfg.teachers[role])
-                teachers[role].set_classes(prompts.classnames, prompts.templates)
-            elif index == 0:
-                teachers[role] = primary
+            spec = cfg.teacher_spec(role, first_role=index == 0)
+            if index == 0 and self._teacher is not None and role not in cfg.teachers:
+                teachers[role] = self._teacher
             else:
-                raise ValueError(f"method {cfg.method!r} needs a teacher for role {role!r} (roles: {list(roles)}); "
-                                 f"set it with teachers={{'{role}': '<teacher name>'}}")
+                teachers[role] = create_teacher(spec.name, **{**cfg.teacher_args, **spec.args})
+            teachers[role].set_classes(prompts.classnames, prompts.templates)
         return teachers
 
 

@@ -26,11 +26,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks.autoattack import attack_mode, captured_warnings
+from .attacks.autoattack import captured_warnings
 from .attacks.checks import gradient_masking_checks
-from .attacks.named import as_logits_fn, get_attack, predict_labels, robust_correct
+from .attacks.named import get_attack, predict_labels, robust_correct
+from .attacks.runtime import as_logits_fn, attack_mode
 from .attacks.threat import LinfBall, Threat, make_threat, threat_from_config
-from .config import ThreatConfig, format_eps
+from .config import ThreatConfig, check_radius, parse_number
+from .formatting import format_eps, format_percent
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class RobustnessReport:
 
     @property
     def eps_text(self) -> str:
-        return format_eps(self.eps) if self.threat == "linf" else f"{self.eps:g}"
+        return format_eps(self.eps, self.threat)
 
     @property
     def failed_checks(self) -> list[dict[str, Any]]:
@@ -104,17 +106,17 @@ class RobustnessReport:
         lines += [f"Threat: {norm}, eps = {self.eps_text}; {self.n_examples} examples ({self.selection}); "
                   f"seed {self.seed}.", "",
                   "| attack | accuracy | settings |", "|---|---|---|",
-                  f"| clean | {_pct(self.clean_accuracy)} | |"]
+                  f"| clean | {format_percent(self.clean_accuracy)} | |"]
         for name, acc in self.robust_accuracy.items():
-            lines.append(f"| {name} | {_pct(acc)} | {_settings_text(self.attack_settings.get(name, {}))} |")
+            lines.append(f"| {name} | {format_percent(acc)} | {_settings_text(self.attack_settings.get(name, {}))} |")
         if self.worst_case_accuracy is not None and len(self.robust_accuracy) > 1:
-            lines.append(f"| worst case (per example, all attacks) | {_pct(self.worst_case_accuracy)} | |")
+            lines.append(f"| worst case (per example, all attacks) | {format_percent(self.worst_case_accuracy)} | |")
         if self.per_class:
             columns = ["clean", *self.robust_accuracy]
             lines += ["", "Per-class accuracy:", "",
                       "| class | n | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
             for cls_name, row in self.per_class.items():
-                values = " | ".join(_pct(row[c]) if row.get(c) is not None else "-" for c in columns)
+                values = " | ".join(format_percent(row[c]) if row.get(c) is not None else "-" for c in columns)
                 lines.append(f"| {cls_name} | {int(row['n'])} | {values} |")
         if self.checks:
             lines += ["", "Gradient-masking checks:", "", "| check | result | detail |", "|---|---|---|"]
@@ -125,10 +127,6 @@ class RobustnessReport:
             lines += ["", "Attack library warnings:", ""] + [f"- {w}" for w in self.warnings]
         lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()) + ".", ""]
         return "\n".join(lines)
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f} %"
 
 
 def _settings_text(settings: dict[str, Any]) -> str:
@@ -168,6 +166,7 @@ def collect_examples(data: Any, n_examples: int, seed: int = 0) -> tuple[Tensor,
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         idx, how = _subset(len(data), n_examples, seed)
         items = [_split_item(data[int(i)]) for i in idx]
+        _check_same_size([i[0] for i in items], data, idx)
         return (torch.stack([i[0] for i in items]).float(), torch.tensor([int(i[1]) for i in items]), how)
     xs, ys, count = [], [], 0
     for batch in data:
@@ -181,6 +180,17 @@ def collect_examples(data: Any, n_examples: int, seed: int = 0) -> tuple[Tensor,
         raise ValueError("data yielded no examples")
     x, y = torch.cat(xs)[:n_examples], torch.cat(ys)[:n_examples]
     return x, y, f"first {x.shape[0]} of the iterable"
+
+
+def _check_same_size(images: Sequence[Tensor], data: Any, indices: Tensor) -> None:
+    """Images of different sizes cannot form one batch: name one that differs and the option that fixes it."""
+    first = tuple(images[0].shape)
+    for image, index in zip(images, indices.tolist()):
+        if tuple(image.shape) != first:
+            files = getattr(data, "files", None)
+            where = f" ({files[index]})" if files is not None and index < len(files) else ""
+            raise ValueError(f"images differ in size: item {index}{where} is {tuple(image.shape)}, the first is "
+                             f"{first}; set the dataset's image_size (dataset.image_size / --image-size)")
 
 
 def _subset(total: int, n: int, seed: int) -> tuple[Tensor, str]:
@@ -225,6 +235,73 @@ def _name(obj: Any, given: str | None, fallback: str) -> str:
     return given or getattr(obj, "name", None) or (getattr(obj, "spec", None) or {}).get("name") or fallback
 
 
+def check_request(attacks: Sequence[str], threat: Threat, *, n_examples: int, batch_size: int) -> None:
+    """Refuse an evaluation whose numbers would mean nothing, before any data or model work.
+
+    ``batch_size`` and ``n_examples`` >= 1; eps >= 0, at most 1 for L-inf (a warning above 0.5); eps 0 only
+    with ``clean`` alone (an eps curve's 0 point is clean accuracy); every attack name registered.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(n_examples) < 1:
+        raise ValueError(f"n_examples must be >= 1, got {n_examples}")
+    check_radius(threat.norm, float(threat.eps))
+    attacking = [a for a in attacks if a != "clean"]
+    if threat.eps == 0 and attacking:
+        raise ValueError(f"eps is 0, so {', '.join(attacking)} would only measure clean accuracy; give eps > 0 "
+                         "(an eps curve's 0 point is clean accuracy)")
+    if not attacks:
+        raise ValueError("no attacks requested; name at least one, e.g. ['clean', 'pgd20']")
+
+
+def check_inputs(x: Tensor, y: Tensor, num_classes: int) -> None:
+    """Refuse images that are not finite [0, 1] pixels and labels outside [0, C) (they would make accuracy
+    meaningless); the message says "divide by 255" when the pixels look like 0-255 values."""
+    finite = torch.isfinite(x)
+    if not finite.all():
+        bad_images = int((~finite).flatten(1).any(dim=1).sum())
+        raise ValueError(f"{int((~finite).sum())} pixel(s) in {bad_images} image(s) are NaN or infinite; "
+                         "evaluation needs finite pixels in [0, 1]")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        hint = (" They look like 0-255 values: divide by 255." if low >= 0 and 1 < high <= 255
+                else " Images must be float pixels in [0, 1] (normalisation happens inside the model).")
+        raise ValueError(f"pixels range over [{low:g}, {high:g}], outside [0, 1].{hint}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = y[(y < 0) | (y >= num_classes)].unique()[:5].tolist()
+        raise ValueError(f"labels must be in [0, {num_classes}) for a model with {num_classes} classes; found "
+                         f"{bad}")
+
+
+def _names(names: Sequence[Any]) -> list[str]:
+    return [str(n).strip().lower() for n in names]
+
+
+def check_classes(model: Any, data: Any, num_classes: int) -> None:
+    """Refuse a model whose classes are not the dataset's: a different count, or different class names.
+
+    A dataset's classes are its ``labels`` (folder / CSV names) or its prompt class names; a student or teacher
+    names its classes in ``classnames`` (the prompt class names it was built with). Either spelling matches.
+    """
+    labels = getattr(data, "labels", None)
+    if labels is None:
+        return
+    if len(labels) != num_classes:
+        raise ValueError(f"the model predicts {num_classes} classes but the dataset has {len(labels)} "
+                         f"({', '.join(map(str, labels[:10]))}); evaluate it on the data it was trained for, or "
+                         "give it a classifier for these classes (student.set_classifier / teacher.set_classes)")
+    model_names = getattr(model, "classnames", None)
+    if not model_names:
+        return
+    prompts = getattr(data, "prompts", None)
+    spellings = [_names(labels)]
+    if prompts is not None:
+        spellings.append(_names([c if isinstance(c, str) else c[0] for c in prompts.classnames]))
+    if _names(model_names) not in spellings:
+        raise ValueError(f"the model's classes {list(model_names)} are not the dataset's {list(labels)}; "
+                         "evaluate it on the data it was trained for, or give it a classifier for these classes")
+
+
 def _classnames(data: Any, model: Any, num_classes: int) -> list[str]:
     for source in (getattr(data, "labels", None), getattr(model, "classnames", None)):
         if source is not None and len(source) == num_classes:
@@ -262,6 +339,7 @@ def evaluate_robustness(
     The model is evaluated in eval mode with frozen parameters; both are restored afterwards.
     """
     threat = _as_threat(threat)
+    check_request(attacks, threat, n_examples=n_examples, batch_size=batch_size)
     attack_options = dict(attack_options or {})
     unknown_options = set(attack_options) - set(attacks)
     if unknown_options:
@@ -271,6 +349,8 @@ def evaluate_robustness(
     x, y, selection = collect_examples(data, n_examples, seed)
     n = int(x.shape[0])
     num_classes = _num_classes(model, x, device)
+    check_classes(model, data, num_classes)
+    check_inputs(x, y, num_classes)
 
     n_check = min(n, check_examples) if checks else 0
     clean = predict_labels(model, x, batch_size=batch_size, device=device) == y
@@ -356,13 +436,15 @@ def eps_curve(
     Returns ``{"attack", "norm", "eps", "eps_text", "accuracy", "n_examples", "seed", "settings", ...}``; with
     ``output`` (a path stem) also writes ``<output>.json`` and ``<output>.png``.
     """
-    from .config import parse_number
-
     values = sorted(parse_number(e, name="eps") for e in (eps_list if eps_list is not None else DEFAULT_EPS[norm]))
+    for eps in values:
+        check_request(["clean"], make_threat(norm, eps), n_examples=n_examples, batch_size=batch_size)
     named = get_attack(attack, **(attack_options or {}))
     device = torch.device(device) if device is not None else _model_device(model)
     x, y, selection = collect_examples(data, n_examples, seed)
     num_classes = _num_classes(model, x, device)
+    check_classes(model, data, num_classes)
+    check_inputs(x, y, num_classes)
     clean = predict_labels(model, x, batch_size=batch_size, device=device) == y
     accuracy, settings = [], {}
     for eps in tqdm(values, desc=f"{attack} vs eps", disable=not progress, leave=False):
@@ -373,18 +455,14 @@ def eps_curve(
         flags = robust_correct(named, model, x, y, threat, batch_size=batch_size, seed=seed, device=device,
                                attack_only=clean)
         accuracy.append(flags.float().mean().item())
-        settings[_eps_label(eps, norm)] = named.settings(threat, num_classes)
-    curve = {"attack": attack, "norm": norm, "eps": values, "eps_text": [_eps_label(e, norm) for e in values],
+        settings[format_eps(eps, norm)] = named.settings(threat, num_classes)
+    curve = {"attack": attack, "norm": norm, "eps": values, "eps_text": [format_eps(e, norm) for e in values],
              "accuracy": accuracy, "n_examples": int(x.shape[0]), "selection": selection, "seed": seed,
              "model": _name(model, None, type(model).__name__), "settings": settings,
              "versions": library_versions()}
     if output is not None:
         save_eps_curve(curve, output)
     return curve
-
-
-def _eps_label(eps: float, norm: str) -> str:
-    return (format_eps(eps) if eps > 0 else "0") if norm == "linf" else f"{eps:g}"
 
 
 def save_eps_curve(curve: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
@@ -410,4 +488,4 @@ def save_eps_curve(curve: dict[str, Any], output: str | Path) -> tuple[Path, Pat
 
 
 __all__ = ["RobustnessReport", "evaluate_robustness", "eps_curve", "save_eps_curve", "collect_examples",
-           "library_versions"]
+           "check_request", "check_inputs", "check_classes", "library_versions"]

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .formatting import format_percent
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,15 +46,15 @@ class QuickstartSummary:
         lines = [
             "robust_student quickstart",
             f"  teacher  {self.teacher}: {self.teacher_parameters / 1e6:.2f} M parameters, "
-            f"zero-shot accuracy on {self.dataset} test (n={self.n_test}): {100 * self.teacher_zero_shot_accuracy:.2f} %",
+            f"zero-shot accuracy on {self.dataset} test (n={self.n_test}): {format_percent(self.teacher_zero_shot_accuracy)}",
             f"  student  {self.student}: {self.student_parameters / 1e6:.2f} M parameters, "
             f"projects into the teacher's embedding space and classifies with its text embeddings",
         ]
         if self.student_clean_accuracy is not None:
             lines.append(
                 f"  distilled with {self.method} ({self.train_steps} steps, {self.train_seconds:.0f} s): "
-                f"clean {100 * self.student_clean_accuracy:.2f} %, PGD-20 ({self.eval_threat}) "
-                f"{100 * self.student_pgd20_accuracy:.2f} % on {self.n_eval} test images"
+                f"clean {format_percent(self.student_clean_accuracy)}, PGD-20 ({self.eval_threat}) "
+                f"{format_percent(self.student_pgd20_accuracy)} on {self.n_eval} test images"
             )
         lines += [f"  {key}: {value}" for key, value in self.extra.items()]
         lines.append(f"  artifacts in {self.output_dir}/ ({self.seconds:.0f} s)")
@@ -84,7 +86,8 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
 
     # Distil (RSLAD by default) and attack the result: clean and PGD-20 accuracy on the test set.
     distiller = RobustDistiller.from_config(recipe, teacher=teacher_model, student=student, dataset=data,
-                                            **{"train.output_dir": str(output / "run"), **(overrides or {})})
+                                            **{"train.output_dir": str(output / "run"), "train.overwrite": True,
+                                               **(overrides or {})})
     student_model = distiller.fit()
     report = distiller.evaluate(["clean", "pgd20"], checks=False, progress=False)
 

@@ -1,6 +1,6 @@
 """Train the built-in ``fmnist-clip`` teacher: a small open_clip CLIP on Fashion-MNIST image/caption pairs.
 
-Captions are the FASHION_MNIST prompt set's templates x class synonyms (robust_student/teachers/prompts.py), so
+Captions are the FASHION_MNIST prompt set's templates x class synonyms (robust_student/data/prompts.py), so
 the zero-shot evaluation uses exactly the captions seen in training. Because many images share one caption
 set, the contrastive loss treats every caption of an image's class as a positive (UniCL, Yang et al. 2022),
 instead of CLIP's one-hot pairing that would push same-class pairs apart. Data: the 55k ``train`` split;
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from robust_student.data import build_dataset
 from robust_student.teachers.open_clip import OpenClipTeacher, create_open_clip_teacher, export_local_dir
-from robust_student.teachers.prompts import FASHION_MNIST, format_prompt
+from robust_student.data.prompts import FASHION_MNIST, format_prompt
 from robust_student.teachers.zeroshot import zero_shot_accuracy
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "robust_student" / "teachers" / "weights" / "fmnist-clip"

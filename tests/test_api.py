@@ -23,7 +23,7 @@ if "tiny-test" not in TEACHERS:
 
 def _small(tmp_path, **extra):
     return {"epochs": 1, "batch_size": 16, "max_train_examples": 64, "eval_examples": 16,
-            "student_args": {"width": 8}, "threat.steps": 2, "train.output_dir": str(tmp_path / "run"), **extra}
+            "student_args": {"width": 8}, "attack.steps": 2, "train.output_dir": str(tmp_path / "run"), **extra}
 
 
 def test_fit_evaluate_and_the_saved_student(tmp_path):
@@ -55,9 +55,9 @@ def test_fit_resume_continues_from_the_checkpoint(tmp_path):
 def test_overrides_find_their_section():
     base = DistillConfig()
     cfg = apply_overrides(base, {"epochs": 3, "max_train_examples": 10, "threat.eps": "4/255", "lr": None,
-                                 "threat": {"steps": 3}, "method_args": {"beta": 3.0}})
+                                 "attack": {"steps": 3}, "method_args": {"beta": 3.0}})
     assert cfg.train.epochs == 3 and cfg.dataset.max_train_examples == 10 and cfg.train.lr == base.train.lr
-    assert cfg.threat.eps == pytest.approx(4 / 255) and cfg.threat.steps == 3  # a section dict merges
+    assert cfg.threat.eps == pytest.approx(4 / 255) and cfg.attack.steps == 3  # a section dict merges
     assert cfg.method_args == {"beta": 3.0}
     assert apply_overrides(base, {"batch_size": 7}).train.batch_size == 7  # shared names mean training
     with pytest.raises(ValueError, match="threat.eps"):
@@ -73,12 +73,13 @@ def test_typos_fail_early_and_list_the_valid_names():
         RobustDistiller(teacher="fmnist-clip", method="rslad", student="resnet_tinyy", dataset="synthetic")
 
 
-def test_a_missing_teacher_role_is_named(tmp_path, monkeypatch):
+def test_a_missing_teacher_role_is_named_at_construction(tmp_path, monkeypatch):
     monkeypatch.setattr(RSLAD, "teacher_roles", ("teacher", "clean"))  # as a two-teacher method declares
-    distiller = RobustDistiller(teacher=TinyTeacher(), method="rslad", student="resnet_tiny",
-                                dataset="synthetic:3", **_small(tmp_path))
     with pytest.raises(ValueError, match="role 'clean'"):
-        distiller.fit()
+        RobustDistiller(teacher=TinyTeacher(), method="rslad", student="resnet_tiny", dataset="synthetic:3",
+                        **_small(tmp_path))
+    with pytest.raises(ValueError, match=r"role\(s\) \['adv'\] that method 'kd' does not use"):
+        RobustDistiller(teacher={"adv": "fmnist-clip"}, method="kd", dataset="synthetic:3")
 
 
 def test_evaluate_before_fit_says_what_to_do():
@@ -98,7 +99,7 @@ def test_baseline_recipes_exist_with_paper_settings():
     rslad = load_recipe("rslad_paper")
     assert (rslad.train.epochs, rslad.train.milestones, rslad.train.weight_decay) == (300, [215, 260, 285], 2e-4)
     ard = load_recipe("ard_paper")
-    assert ard.method_args["temperature"] == 30 and ard.method_args["attack_eval_mode"] is False
+    assert ard.method_args["temperature"] == 30 and ard.attack.student_mode == "train"
     quick = load_recipe("quickstart")
     assert (quick.teacher, quick.student, quick.method) == ("fmnist-clip", "resnet_tiny", "rslad")
 
@@ -118,12 +119,13 @@ def test_cli_fit_with_a_recipe_and_set_overrides(tmp_path, capsys):
                   student_args={"width": 8}).to_yaml(recipe)
     out = tmp_path / "cli_run"
     argv = ["fit", "--recipe", str(recipe), "--set", "train.epochs=1", "train.batch_size=32",
-            "dataset.max_train_examples=64", "train.eval_examples=16", "threat.steps=2",
+            "dataset.max_train_examples=64", "train.eval_examples=16", "attack.steps=2",
             f"train.output_dir={out}", "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["method"] == "pgd-at" and summary["steps"] == 2 and summary["output_dir"] == str(out)
-    assert 0 <= summary["val_pgd_acc"] <= summary["val_clean_acc"] <= 1
+    assert 0 <= summary["val_robust_acc"] <= summary["val_clean_acc"] <= 1
+    assert summary["val_attack"] == "pgd:10 linf eps=8/255"
     assert (out / "student" / "model.safetensors").is_file()
     assert main(["fit", "--recipe", "no-such-recipe"]) == 2
     assert "Unknown recipe" in capsys.readouterr().err

@@ -141,12 +141,16 @@ def test_pgd_under_autocast(tiny_student, batch):
     _assert_in_threat(x_adv, x, LinfBall())
 
 
-def test_return_trajectory(tiny_student, batch):
+def test_on_step_sees_every_iterate_and_the_return_type_never_changes(tiny_student, batch):
     x, y = batch["image"], batch["label"]
     torch.manual_seed(0)
-    x_adv, traj = pgd(objectives.ce(tiny_student, y), x, LinfBall(), steps=4, return_trajectory=[2, 4])
-    assert len(traj) == 2 and torch.equal(traj[-1], x_adv)
-    assert not torch.equal(traj[0], traj[1])
+    seen: list[tuple[int, torch.Tensor]] = []
+    x_adv = pgd(objectives.ce(tiny_student, y), x, LinfBall(), steps=4, on_step=lambda s, z: seen.append((s, z)))
+    assert isinstance(x_adv, torch.Tensor) and [s for s, _ in seen] == [1, 2, 3, 4]
+    assert torch.equal(seen[-1][1], x_adv) and not torch.equal(seen[0][1], seen[1][1])
+    assert not any(z.requires_grad for _, z in seen)
+    for _, z in seen:
+        _assert_in_threat(z, x, LinfBall())
 
 
 def test_pgd_rejects_non_per_sample_objective(tiny_student, batch):
@@ -168,7 +172,10 @@ def test_objective_formulas():
 
 
 def test_registry_names_settings_and_errors():
-    assert {"clean", "fgsm", "pgd20", "cw20", "autoattack", "square[:QUERIES]"} <= set(list_attacks())
+    assert {"clean", "fgsm", "pgd20", "cw20", "autoattack", "square", "pgd"} <= set(list_attacks())
+    assert get_attack("pgd:7").steps == 7 and get_attack("pgd:7").settings(LinfBall(0.1), 10)["steps"] == 7
+    with pytest.raises(ValueError, match="positive integer number of steps"):
+        get_attack("pgd:0")
     with pytest.raises(ValueError, match="Valid attack names"):
         get_attack("pgd200")
     with pytest.raises(ValueError, match="positive integer"):

@@ -9,7 +9,7 @@ import torch
 
 from robust_student.teachers import create_teacher
 from robust_student.teachers.builtin import FMNIST_CLIP_DIR
-from robust_student.teachers.prompts import FASHION_MNIST
+from robust_student.data.prompts import FASHION_MNIST
 from robust_student.teachers.zeroshot import zero_shot_accuracy
 
 
@@ -31,7 +31,8 @@ def test_ships_as_a_small_open_clip_local_dir():
 
 def test_loads_offline_with_licence_and_native_size(teacher):
     assert teacher.name == "fmnist-clip"
-    assert teacher.license == "Apache-2.0" and teacher.data_license == "MIT"
+    assert teacher.license == "Apache-2.0" and teacher.provenance.commercial_use is True
+    assert "MIT" in teacher.provenance.note and teacher.provenance.spec == "fmnist-clip"
     assert teacher.input_size == 28
     assert not any(p.requires_grad for p in teacher.parameters())
     assert all(p.dtype == torch.float32 for p in teacher.parameters())  # fp16 file, upcast on load

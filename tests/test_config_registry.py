@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from robust_student import config as config_module
-from robust_student.config import (ConfigBase, DataConfig, DistillConfig, EvalConfig, ThreatConfig, TrainConfig,
-                                   format_eps, parse_number)
+from robust_student.config import (AttackConfig, ConfigBase, ConfigError, DataConfig, DistillConfig, EvalConfig,
+                                   TeacherSpec, ThreatConfig, TrainConfig, parse_number)
+from robust_student.formatting import format_eps, format_percent
 from robust_student.registry import Registry
 
 
@@ -49,9 +50,20 @@ def test_optional_argument_names_accept_both_forms(registry):
     assert registry.resolve("fashion-mnist:/opt/fm") == ("FM", "/opt/fm")
 
 
-def test_names_are_shown_as_written(registry):
-    assert registry.names() == ["fashion-mnist[:DIR]", "imagefolder:PATH", "resnet18", "resnet50"]
-    assert list(registry) == ["fashion-mnist", "imagefolder", "resnet18", "resnet50"]
+def test_names_are_plain_and_usage_says_how_to_write_them(registry):
+    assert registry.names() == ["fashion-mnist", "imagefolder", "resnet18", "resnet50"]
+    assert list(registry) == registry.names()
+    assert registry.usage("imagefolder") == "imagefolder:PATH" and registry.usage("fashion-mnist:/x") == \
+        "fashion-mnist[:DIR]"
+    assert registry.describe("resnet18") == {"name": "resnet18", "usage": "resnet18", "summary": "", "metadata": None}
+
+
+def test_entries_carry_their_metadata():
+    reg: Registry = Registry("widget")
+    reg.register("a", metadata={"license": "MIT"})("A")
+    reg.register("b", takes_arg=True)("B")
+    assert reg.metadata("a") == {"license": "MIT"} and reg.metadata("b:x") is None and reg.metadata("b") is None
+    assert reg.entry_name("b:/some/path") == "b"
 
 
 def test_unknown_name_lists_valid_names_and_suggests_a_close_one(registry):
@@ -104,37 +116,89 @@ def test_customised_distill_config_round_trips():
     original = DistillConfig(
         teacher="conch", student="resnet18", method="dghfa",
         dataset=DataConfig(name="imagefolder:/data/CRC100K", image_size=224, skip_corrupt=True),
-        teachers={"adv": "open_clip:hf-hub:chs20/fare2-clip"}, method_args={"beta": 2.0, "gamma": [1, 2]},
-        threat=ThreatConfig(norm="l2", eps=0.5, step_size=0.1, steps=7, random_start="uniform"),
+        method_args={"beta": 2.0, "gamma": [1, 2]},
+        teachers={"adv": "open_clip:hf-hub:chs20/fare2-clip",
+                  "nat": TeacherSpec("fmnist-clip", trainable="head", lr=1e-4)},
+        threat=ThreatConfig(norm="l2", eps=0.5),
+        attack=AttackConfig(step_size=0.1, steps=7, random_start="uniform", student_mode="train"),
         train=TrainConfig(epochs=3, batch_size=16, mixed_precision="bf16", grad_clip=1.0),
         eval=EvalConfig(attacks=["clean", "pgd20"], n_examples=10),
     )
     data = original.to_dict()
     assert isinstance(data["threat"], dict) and data["dataset"]["name"] == "imagefolder:/data/CRC100K"
+    assert data["teachers"]["adv"] == {"name": "open_clip:hf-hub:chs20/fare2-clip", "args": {}, "trainable": None,
+                                       "lr": None}
     assert DistillConfig.from_dict(data) == original
+    assert original.teachers["adv"] == TeacherSpec(name="open_clip:hf-hub:chs20/fare2-clip")
 
 
 def test_fractions_parse_to_pixel_units():
     assert ThreatConfig(eps="8/255").eps == 8 / 255
-    assert ThreatConfig.from_dict({"eps": "8 / 255", "step_size": "2/255"}).step_size == 2 / 255
+    assert AttackConfig.from_dict({"step_size": "2 / 255"}).step_size == 2 / 255
     assert EvalConfig.from_dict({"eps": "4/255"}).eps == 4 / 255
-    assert parse_number(0.5) == 0.5 and parse_number("0.25") == 0.25
-    assert format_eps(8 / 255) == "8/255" and format_eps(0.5) == "0.5"
+    assert parse_number(0.5) == 0.5 and parse_number("0.25") == 0.25 and parse_number("1e-3") == 0.001
+    assert format_eps(8 / 255) == "8/255" and format_eps(0.5) == "0.5" and format_eps(0) == "0"
+    assert format_eps(0.5, "l2") == "0.5" and format_eps(2 / 255, "l2") == f"{2 / 255:g}"
+    assert format_percent(0.6) == "60.00 %" and format_percent(0.123, 1) == "12.3 %" and format_percent(None) == "-"
     for bad in ("eight", "8/0", True, None):
         with pytest.raises(ValueError, match="8/255"):
             parse_number(bad)
 
 
 def test_unknown_keys_raise_naming_the_valid_ones():
-    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['epsilon'\] for ThreatConfig") as info:
+    with pytest.raises(ValueError, match=r"^epsilon is not a ThreatConfig key\. Did you mean 'eps'\?") as info:
         ThreatConfig.from_dict({"epsilon": 0.1})
-    assert "Valid keys:" in str(info.value) and "eps" in str(info.value)
-    with pytest.raises(ValueError, match=r"\['epoch'\] for TrainConfig.*epochs"):
+    assert "Valid keys: norm, eps" in str(info.value)
+    with pytest.raises(ValueError, match=r"^train\.epoch is not a TrainConfig key\. Did you mean 'epochs'"):
         DistillConfig.from_dict({"train": {"epoch": 3}})
-    with pytest.raises(ValueError, match=r"\['sise'\] for DataConfig.*image_size"):
+    with pytest.raises(ValueError, match=r"^dataset\.sise is not a DataConfig key.*image_size"):
         DistillConfig.from_dict({"dataset": {"name": "synthetic", "sise": 8}})
-    with pytest.raises(ValueError, match="Unknown key"):
+    with pytest.raises(ValueError, match="teacherz is not a DistillConfig key"):
         DistillConfig.from_dict({"teacherz": "conch"})
+
+
+def test_attack_loop_keys_under_threat_say_where_they_moved():
+    with pytest.raises(ConfigError, match=r"^threat\.steps is not a ThreatConfig setting any more: write attack"):
+        DistillConfig.from_dict({"threat": {"eps": 0.1, "steps": 3}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=1.5", "train.epochs must be an integer, got 1.5 (float)"),
+    ("train.epochs=abc", "train.epochs must be an integer, got 'abc' (str)"),
+    ("train.lr=fast", "train.lr must be a number, got 'fast' (str)"),
+    ("attack.steps=2.7", "attack.steps must be an integer, got 2.7 (float)"),
+    ("train.batch_size=true", "train.batch_size must be an integer, got True (bool)"),
+    ("train.overwrite=maybe", "train.overwrite must be true or false, got 'maybe' (str)"),
+    ("dataset.image_size=-3", "dataset.image_size must be >= 1, got -3"),
+    ("dataset.max_train_examples=0", "dataset.max_train_examples must be >= 1, got 0"),
+    ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
+    ("train.lr=nan", "train.lr must be a number"),
+    ("eval.attacks=7", "eval.attacks must be a list of strings, got 7 (int)"),
+    ("teachers={adv: {name: x, trainable: sometimes}}", "teachers.adv.trainable must be one of None, 'none', 'head'"),
+    ("threat.eps=2", "threat.eps must be <= 1 for L-inf on [0, 1] pixels, got 2 (did you mean 2/255?)"),
+    ("threat.eps=-0.1", "threat.eps must be >= 0, got -0.1"),
+    ("eval.eps=0", "eval.eps is 0, which turns every attack into clean accuracy"),
+    ("train.lr=[", "train.lr = '[' is not a value: line 1, column 2: YAML syntax error"),
+])
+def test_every_field_is_type_checked_at_construction_in_one_line(override, message):
+    with pytest.raises(ConfigError) as info:
+        DistillConfig().with_overrides(override)
+    text = str(info.value)
+    assert text.startswith(message) and "\n" not in text
+
+
+def test_unambiguous_values_are_coerced():
+    config = DistillConfig().with_overrides({"train.epochs": 2.0, "train.lr": "1e-3", "train.batch_size": "32",
+                                             "train.overwrite": "true", "eval.attacks": "pgd20"})
+    assert config.train.epochs == 2 and isinstance(config.train.epochs, int) and config.train.lr == 0.001
+    assert config.train.batch_size == 32 and config.train.overwrite is True and config.eval.attacks == ["pgd20"]
+    assert TrainConfig(lr=1).lr == 1.0 and isinstance(TrainConfig(lr=1).lr, float)
+
+
+def test_a_large_linf_radius_warns(caplog):
+    with caplog.at_level("WARNING"):
+        ThreatConfig(eps=0.7)
+    assert "above 0.5" in caplog.text
 
 
 def test_dataset_may_be_written_as_a_name():
@@ -177,15 +241,27 @@ def test_yaml_round_trip(tmp_path):
         DistillConfig.from_yaml(path)
 
 
+def test_yaml_syntax_errors_give_file_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  epochs: 3\n   lr: 0.1\n")
+    with pytest.raises(ValueError) as info:
+        DistillConfig.from_yaml(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: line 3, column 6: YAML syntax error: ") and "\n" not in text
+
+
 @pytest.mark.parametrize("build, match", [
     (lambda: ThreatConfig(norm="l3"), "norm must be one of"),
     (lambda: EvalConfig(norm="l3"), "norm must be one of"),
     (lambda: TrainConfig(mixed_precision="fp8"), "mixed_precision"),
     (lambda: TrainConfig(epochs=0), "epochs"),
     (lambda: ThreatConfig(eps=-0.1), ">= 0"),
-    (lambda: ThreatConfig(random_start="gaussian"), "random_start"),
-    (lambda: ThreatConfig(steps=-1), "steps"),
-    (lambda: DistillConfig.from_dict({"threat": {"norm": "l3"}}), "norm must be one of"),
+    (lambda: AttackConfig(random_start="gaussian"), "random_start"),
+    (lambda: AttackConfig(steps=-1), "steps"),
+    (lambda: AttackConfig(student_mode="sleep"), "student_mode"),
+    (lambda: EvalConfig(batch_size=0), "batch_size"),
+    (lambda: EvalConfig(attacks=[]), "attacks"),
+    (lambda: DistillConfig.from_dict({"threat": {"norm": "l3"}}), "threat.norm must be one of"),
 ])
 def test_bad_values_raise(build, match):
     with pytest.raises(ValueError, match=match):

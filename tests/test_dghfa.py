@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust_student.config import DistillConfig, ThreatConfig
+from robust_student.config import AttackConfig, DistillConfig
 from robust_student.methods import TrainState, create_method
 from robust_student.methods.dghfa import (
     ABLATIONS, DGHFA, DGHFAConfig, dwga_loss, hpfa_steps, hpfa_weights, input_gradient, pag_loss,
@@ -19,11 +19,11 @@ from robust_student.methods.dghfa import (
 from robust_student.students import create_student
 
 RECIPES = Path(__file__).resolve().parents[1] / "robust_student" / "recipes"
-FAST = ThreatConfig(steps=3)  # 3 PGD steps keep the tests quick; HPFA then uses 3 iterates
+FAST = AttackConfig(steps=3)  # 3 PGD steps keep the tests quick; HPFA then uses 3 iterates
 
 
-def make(num_intermediate: int = 3, threat: ThreatConfig = FAST, **args) -> DGHFA:
-    return create_method("dghfa", {"num_intermediate": num_intermediate, **args}, threat=threat, num_classes=3)
+def make(num_intermediate: int = 3, attack: AttackConfig = FAST, **args) -> DGHFA:
+    return create_method("dghfa", {"num_intermediate": num_intermediate, **args}, attack=attack, num_classes=3)
 
 
 # -- eq. 2, sample weight -------------------------------------------------------------------------------------
@@ -130,15 +130,17 @@ def test_hpfa_term_aligns_clean_and_each_iterate_with_epoch_weights(tiny_teacher
     iterates = [(x + 0.02 * s * torch.randn_like(x)).clamp(0, 1) for s in (1, 2, 3)]
     seen = {}
 
-    def fake_attack(objective, images, **kwargs):
-        seen.update(kwargs)
-        return iterates[-1], iterates
+    def fake_attack(objective, images, student, **kwargs):
+        seen.update(kwargs, student=student)
+        for step, iterate in enumerate(iterates, start=1):
+            kwargs["on_step"](step, iterate)
+        return iterates[-1]
 
     method.attack = fake_attack
     tiny_student.eval()  # per-sample embeddings, so the reference below needs no batch-norm bookkeeping
     state = TrainState(epoch=2, total_epochs=4)
     out = method.loss(batch, tiny_student, {"teacher": tiny_teacher}, state)
-    assert seen["return_trajectory"] == [1, 2, 3] and seen["eval_modules"] == (tiny_student,)
+    assert seen["student"] is tiny_student and method.attack_modules(tiny_student) == (tiny_student,)
     with torch.no_grad():
         clean = tiny_student.encode_image(x)
         distances = torch.stack([(clean - tiny_student.encode_image(xs)).pow(2).sum(1).mean() for xs in iterates])
@@ -233,7 +235,7 @@ def test_gradient_alignment_reaches_student_parameters(tiny_teacher, batch, stud
 
 @pytest.mark.parametrize("step", list(ABLATIONS))
 def test_ablation_switches_choose_the_terms(tiny_teacher, tiny_student, batch, step):
-    method = create_method("dghfa", {**ABLATIONS[step], "num_intermediate": 3}, threat=FAST, num_classes=3)
+    method = create_method("dghfa", {**ABLATIONS[step], "num_intermediate": 3}, attack=FAST, num_classes=3)
     out = method.loss(batch, tiny_student, {"teacher": tiny_teacher}, TrainState(epoch=1, total_epochs=4))
     expected = {"loss", "ce_clean", "ce_adv", "kl"}
     expected |= {"ad": set(), "ad+pag": {"pag", "grad_cos"}, "ad+dwga": {"pag", "grad_cos", "dwga"},
@@ -266,8 +268,9 @@ def test_config_validation():
 def test_recipes_parse_and_build_the_method(recipe):
     config = DistillConfig.from_yaml(recipe)
     assert config.method == "dghfa"
-    method = create_method(config.method, config.method_args, threat=config.threat, num_classes=2)
-    assert isinstance(method, DGHFA) and method.threat_config.eps > 0
+    method = create_method(config.method, config.method_args, threat=config.threat, attack=config.attack,
+                           num_classes=2)
+    assert isinstance(method, DGHFA) and method.threat_config.eps > 0 and method.attack_config.steps == 10
     if config.teacher != "fmnist-clip":  # the paper's settings
         assert (config.threat.eps, config.train.epochs, config.train.batch_size, config.train.lr) == \
             (pytest.approx(8 / 255), 50, 128, 0.1)

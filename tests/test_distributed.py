@@ -35,7 +35,7 @@ JOB = textwrap.dedent(
     out = sys.argv[1]
     cfg = DistillConfig(method="rslad", dataset="synthetic:3").with_overrides({{
         "train.epochs": 1, "train.batch_size": 8, "train.output_dir": out, "train.checkpoint_every": 2,
-        "train.log_every": 1, "train.eval_examples": 16, "threat.steps": 2,
+        "train.log_every": 1, "train.eval_examples": 16, "attack.steps": 2,
     }})
     train, val = build_dataset(cfg.dataset, "train", n=64), build_dataset(cfg.dataset, "val", n=16)
     teacher = TinyTeacher()
@@ -95,7 +95,7 @@ def test_two_process_gloo_run_keeps_replicas_in_sync(tmp_path: Path) -> None:
     # DDP kept the replicas identical, and they did train; the frozen teacher stayed frozen
     assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["changed"]
     assert all(r["teacher_frozen"] for r in ranks)
-    # validation accuracy is gathered over both shards, so both ranks report the same numbers
+    # the main process validates and shares the record, so both ranks report the same numbers
     assert ranks[0]["history"] == ranks[1]["history"] and ranks[0]["history"][0]["val_examples"] == 16
     checkpoint = out / "checkpoints" / "step_00000004"
     assert {p.name for p in checkpoint.glob("rng_*.json")} == {"rng_0.json", "rng_1.json"}

@@ -169,7 +169,12 @@ def test_cli_eval_student_and_teacher(tiny_student, tiny_teacher, tmp_path, monk
     from robust_student import cli, teachers
     from robust_student.students.io import save_student
 
-    save_student(tiny_student, tmp_path / "student")
+    from robust_student.data import build_dataset
+    from robust_student.students import create_student
+
+    prompts = build_dataset("synthetic:3", "test").prompts
+    tiny_teacher.set_classes(prompts.classnames, prompts.templates)  # the student's classes are the dataset's
+    save_student(create_student("resnet_tiny", tiny_teacher, image_size=16, width=8), tmp_path / "student")
     out = tmp_path / "report.json"
     argv = ["eval", "--data", "synthetic:3", "--attacks", "clean", "fgsm", "--n-examples", "8", "--no-checks"]
     assert cli.main([*argv, "--model", str(tmp_path / "student"), "--output", str(out), "--eps", "4/255"]) == 0

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_student.config import ThreatConfig
+from robust_student.config import AttackConfig
 from robust_student.methods import Method, TrainState, create_method, list_methods
 from robust_student.methods.adaad import teacher_student_kl
 from robust_student.methods.base import cached_logits_key
@@ -20,9 +20,9 @@ STEPS = 6  # enough PGD iterates for every method's defaults (DGHFA aligns 6 of 
 BASELINES = ["kd", "pgd-at", "trades", "ard", "rslad", "adaad"]
 
 
-def make(name: str, student, **threat) -> Method:
-    threat_cfg = ThreatConfig(**{"steps": STEPS, **threat})
-    return create_method(name, threat=threat_cfg, num_classes=student.num_classes, embed_dim=student.embed_dim)
+def make(name: str, student, **attack) -> Method:
+    attack_cfg = AttackConfig(**{"steps": STEPS, **attack})
+    return create_method(name, attack=attack_cfg, num_classes=student.num_classes, embed_dim=student.embed_dim)
 
 
 def teachers_for(method: Method, teacher) -> dict[str, nn.Module]:
@@ -111,7 +111,7 @@ def _kl_batchmean(target_logits, pred_logits, t=1.0):
 def test_outer_loss_matches_the_formula(name, tiny_student, tiny_teacher, batch, monkeypatch):
     x, y = batch["image"], batch["label"]
     x_adv = (x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
-    monkeypatch.setattr(Method, "attack", lambda self, objective, x, **kw: x_adv)  # a fixed "adversarial" x'
+    monkeypatch.setattr(Method, "attack", lambda self, objective, x, student, **kw: x_adv)  # a fixed x'
     method = make(name, tiny_student)
     student, teacher = tiny_student.train(), tiny_teacher
     got = method.loss(batch, student, teachers_for(method, teacher), TrainState())["loss"]
@@ -131,8 +131,8 @@ def test_outer_loss_matches_the_formula(name, tiny_student, tiny_teacher, batch,
 @pytest.mark.parametrize("name, reduction_factor", [("rslad", "sum"), ("kd", "sum"), ("trades", "sum")])
 def test_sum_reduction_is_batch_size_times_batchmean(name, reduction_factor, tiny_student, tiny_teacher, batch,
                                                      monkeypatch):
-    monkeypatch.setattr(Method, "attack", lambda self, objective, x, **kw: x)
-    kwargs = dict(threat=ThreatConfig(steps=1), num_classes=3, embed_dim=tiny_student.embed_dim)
+    monkeypatch.setattr(Method, "attack", lambda self, objective, x, student, **kw: x)
+    kwargs = dict(attack=AttackConfig(steps=1), num_classes=3, embed_dim=tiny_student.embed_dim)
     mean_method = create_method(name, {"reduction": "batchmean"}, **kwargs)
     sum_method = create_method(name, {"reduction": reduction_factor}, **kwargs)
     teachers = teachers_for(mean_method, tiny_teacher)
@@ -166,12 +166,16 @@ def test_student_bn_mode_during_the_attack(name, train_forwards, tiny_student, t
     assert calls["eval"] == (0 if name in ("kd", "ard") else attack_forwards + (name == "trades"))
 
 
-def test_ard_attack_mode_is_a_flag(tiny_student, tiny_teacher, batch):
+@pytest.mark.parametrize("name, mode, outer_forwards", [("ard", "eval", 1), ("rslad", "train", STEPS + 2),
+                                                       ("pgd-at", "train", STEPS + 1)])
+def test_the_student_mode_during_the_attack_is_one_option(name, mode, outer_forwards, tiny_student, tiny_teacher,
+                                                          batch):
     bn = tiny_student.backbone.bn1
     before = bn.num_batches_tracked.clone()
-    method = create_method("ard", {"attack_eval_mode": True}, threat=ThreatConfig(steps=STEPS))
-    method.loss(batch, tiny_student.train(), {"teacher": tiny_teacher}, TrainState())
-    assert bn.num_batches_tracked - before == 1  # only the outer forward on x'
+    method = create_method(name, attack=AttackConfig(steps=STEPS, student_mode=mode))
+    assert method.student_mode == mode
+    method.loss(batch, tiny_student.train(), teachers_for(method, tiny_teacher), TrainState())
+    assert bn.num_batches_tracked - before == outer_forwards  # train-mode forwards update the running stats
 
 
 # -- method-specific behaviour ------------------------------------------------------------------------------
@@ -185,7 +189,7 @@ def test_adaad_inner_objective_differentiates_through_the_teacher(tiny_teacher, 
 
 def test_paper_defaults():
     assert create_method("ard").config.temperature == 30 and create_method("ard").config.alpha == 1
-    assert not create_method("ard").config.attack_eval_mode
+    assert create_method("ard").student_mode == "train" and create_method("rslad").student_mode == "eval"
     assert create_method("trades").config.beta == 6
     assert create_method("rslad").config.adv_weight == pytest.approx(5 / 6)
     assert create_method("adaad").config.alpha == 1

@@ -25,8 +25,12 @@ def test_application_subpackages_are_namespaced(sub):
 def test_public_listers():
     import robust_student as rs
 
-    assert "fashion-mnist[:DIR]" in rs.list_datasets()
-    assert "resnet_tiny" in rs.list_students()
+    assert "fashion-mnist" in rs.list_datasets() and "resnet_tiny" in rs.list_students()
+    assert "conch" in rs.list_teachers() and "cxr-clip" in rs.list_teachers() and "open_clip" in rs.list_teachers()
+    assert rs.describe_teacher("conch")["usage"] == "conch[:WEIGHTS]"
+    assert rs.describe_teacher("cxr-clip")["commercial_use"] is False
+    assert rs.describe_teacher("open_clip:ViT-B-32/openai")["license"] == "MIT"
+    assert rs.describe_teacher("fmnist-clip")["license"] == "Apache-2.0"
 
 
 def test_cli_lists_registries(capsys):

@@ -42,7 +42,7 @@ JOB = textwrap.dedent(
     output_dir, mode, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     cfg = DistillConfig(method="rslad", dataset="synthetic:3").with_overrides({{
         "train.epochs": 2, "train.batch_size": 8, "train.output_dir": output_dir, "train.checkpoint_every": 3,
-        "train.log_every": 2, "train.eval_examples": 16, "train.lr": 0.05, "threat.steps": 2,
+        "train.log_every": 2, "train.eval_examples": 16, "train.lr": 0.05, "attack.steps": 2,
     }})
     train, val = build_dataset(cfg.dataset, "train", n=96), build_dataset(cfg.dataset, "val", n=16)
     teacher = TinyTeacher()

@@ -15,9 +15,9 @@ STUDENT_KWARGS = {
     "resnet_tiny": {"width": 8},
     "vit_tiny": {"depth": 2},
     "vit_small": {"depth": 1},
-    "clip:<open_clip arch>": {},
+    "clip": {},
 }
-SPECS = {"clip:<open_clip arch>": "clip:ViT-B-32"}
+SPECS = {"clip": "clip:ViT-B-32"}
 
 
 def test_registry_lists_the_documented_students():
@@ -80,5 +80,5 @@ def test_save_load_round_trip(tmp_path, tiny_student):
 
 
 def test_load_student_missing_folder_says_what_is_expected(tmp_path):
-    with pytest.raises(FileNotFoundError, match="student.json"):
+    with pytest.raises(FileNotFoundError, match="config.json"):
         load_student(tmp_path)

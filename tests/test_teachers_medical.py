@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_student.cli import main
-from robust_student.teachers import create_teacher, get_prompt_set
+from robust_student.data.prompts import get_prompt_set
+from robust_student.teachers import create_teacher
 from robust_student.teachers.base import IMAGENET_MEAN, IMAGENET_STD, OPENAI_MEAN, OPENAI_STD
 from robust_student.teachers.cxr_clip import convert_cxr_clip_checkpoint
 
@@ -150,7 +151,7 @@ def test_conch_adapter_matches_the_model(conch_standin, tmp_path):
     model = conch_standin.created[-1]["model"]
     assert conch_standin.created[-1]["checkpoint_path"] == str(weights)
     assert (teacher.embed_dim, teacher.input_size, teacher.license) == (512, 32, "CC-BY-NC-ND-4.0")
-    assert "non-commercial" in teacher.license_note
+    assert "non-commercial" in teacher.provenance.note and teacher.provenance.commercial_use is False
     torch.testing.assert_close(teacher.logit_scale, model.logit_scale.detach().exp())
 
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))

@@ -18,21 +18,22 @@ from robust_student.methods import create_method
 from robust_student.students import create_student
 from robust_student.training import Trainer, build_optimizer, lr_factor
 from robust_student.training import checkpoint as ckpt
-from robust_student.training.trainer import EpochSampler, cache_teacher_logits, make_accelerator
+from robust_student.training.trainer import EpochSampler, cache_teacher_outputs, make_accelerator
 
 
 def _config(tmp_path: Path, method: str = "rslad", **train) -> DistillConfig:
     overrides = {"train.epochs": 2, "train.batch_size": 8, "train.output_dir": str(tmp_path / "run"),
-                 "train.checkpoint_every": 3, "train.log_every": 2, "train.eval_examples": 16, "threat.steps": 2}
+                 "train.checkpoint_every": 3, "train.log_every": 2, "train.eval_examples": 16, "attack.steps": 2}
     overrides.update({f"train.{k}": v for k, v in train.items()})
     return DistillConfig(method=method, dataset="synthetic:3").with_overrides(overrides)
 
 
 def _fit(cfg: DistillConfig, teacher, n_train: int = 48, resume: bool = False, method_args=None):
     train, val = build_dataset(cfg.dataset, "train", n=n_train), build_dataset(cfg.dataset, "val", n=16)
+    teacher.set_classes(train.prompts.classnames, train.prompts.templates)
     torch.manual_seed(0)
     student = create_student("resnet_tiny", teacher, image_size=16, width=8)
-    method = create_method(cfg.method, method_args or cfg.method_args, threat=cfg.threat)
+    method = create_method(cfg.method, method_args or cfg.method_args, threat=cfg.threat, attack=cfg.attack)
     teachers = {role: teacher for role in method.teacher_roles}
     return Trainer(cfg, student, teachers, method, train, val).fit(resume=resume)
 
@@ -49,14 +50,15 @@ def test_fit_logs_metrics_and_writes_pickle_free_atomic_checkpoints(tmp_path, ti
     assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
     assert all({"loss", "kl_adv", "kl_nat", "lr"} <= r.keys() and math.isfinite(r["loss"]) for r in train)
     assert evals == result.history and [r["epoch"] for r in evals] == [0, 1]
-    assert all(0 <= r["val_clean_acc"] <= 1 and 0 <= r["val_pgd_acc"] <= r["val_clean_acc"] for r in evals)
-    assert evals[-1]["val_examples"] == 16 and evals[-1]["val_attack"] == "pgd2 linf eps=8/255"
+    assert all(0 <= r["val_clean_acc"] <= 1 and 0 <= r["val_robust_acc"] <= r["val_clean_acc"] for r in evals)
+    assert evals[-1]["val_examples"] == 16 and evals[-1]["val_attack"] == "pgd:10 linf eps=8/255"
 
     # the two newest checkpoints survive; only safetensors and JSON; no staging folder left behind
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["step_00000009", "step_00000012"]
     files = {p.suffix for p in (run / "checkpoints").rglob("*") if p.is_file()}
     assert files == {".safetensors", ".json"}
+    assert all(ckpt.verify(p) is None for p in ckpt.list_checkpoints(run))  # every file's sha256 recorded
     state = ckpt.read_trainer_state(ckpt.latest_checkpoint(run))
     assert (state["epoch"], state["batch"], state["step"]) == (2, 0, 12)
     assert state["config"] == cfg.to_dict()
@@ -93,13 +95,29 @@ def test_bf16_mixed_precision_trains(tmp_path, tiny_teacher):
 
 def test_teacher_output_cache_gives_the_same_training(tmp_path, tiny_teacher):
     calls = {"n": 0}
-    tiny_teacher.register_forward_hook(lambda m, i, o: calls.__setitem__("n", calls["n"] + 1))
+    tiny_teacher.image_tower.register_forward_hook(lambda m, i, o: calls.__setitem__("n", calls["n"] + 1))
     plain = _fit(_config(tmp_path / "plain", method="kd", epochs=2), tiny_teacher)
     calls["n"] = 0
     cached = _fit(_config(tmp_path / "cached", method="kd", epochs=2, cache_teacher_outputs=True), tiny_teacher)
     assert calls["n"] == math.ceil(48 / 8)  # one pass over the training set, then never again
     for (name, a), b in zip(plain.student.state_dict().items(), cached.student.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_teacher_cache_holds_embeddings_too(tiny_teacher):
+    from robust_student.methods.base import cached_embedding_key, cached_logits_key, clean_teacher_embeddings
+
+    data = build_dataset("synthetic:3", "train", n=10)
+    cached = cache_teacher_outputs(data, {"teacher": tiny_teacher}, batch_size=4,
+                                   accelerator=make_accelerator(TrainConfig()))
+    item = cached[3]
+    with torch.no_grad():
+        embedding = tiny_teacher.encode_image(data[3]["image"][None])[0]
+        logits = tiny_teacher(data[3]["image"][None])[0]
+    torch.testing.assert_close(item[cached_embedding_key("teacher")], embedding)
+    torch.testing.assert_close(item[cached_logits_key("teacher")], logits)
+    batch = {"image": data[3]["image"][None], cached_embedding_key("teacher"): embedding[None]}
+    assert torch.equal(clean_teacher_embeddings(batch, {"teacher": None}), embedding[None])
 
 
 def test_teacher_cache_refuses_a_random_pipeline(tiny_teacher):
@@ -111,17 +129,18 @@ def test_teacher_cache_refuses_a_random_pipeline(tiny_teacher):
             return {"image": torch.rand(3, 16, 16), "label": 0}
 
     with pytest.raises(ValueError, match="deterministic"):
-        cache_teacher_logits(Random(), {"teacher": tiny_teacher}, batch_size=2,
+        cache_teacher_outputs(Random(), {"teacher": tiny_teacher}, batch_size=2,
                              accelerator=make_accelerator(TrainConfig()))
 
 
-def test_fresh_run_clears_old_checkpoints_and_resume_without_one_starts_fresh(tmp_path, tiny_teacher):
-    cfg = _config(tmp_path, method="kd", epochs=1, checkpoint_every=0)
+def test_overwrite_replaces_an_old_run_and_resume_without_a_checkpoint_starts_fresh(tmp_path, tiny_teacher):
+    cfg = _config(tmp_path, method="kd", epochs=1, checkpoint_every=0, overwrite=True)
     stale = ckpt.checkpoint_root(cfg.train.output_dir) / "step_00000099"
     stale.mkdir(parents=True)
     (stale / ckpt.TRAINER_FILE).write_text("{}")
     result = _fit(cfg, tiny_teacher, resume=False)
     assert [p.name for p in ckpt.list_checkpoints(cfg.train.output_dir)] == ["step_00000006"]
+    assert not (Path(cfg.train.output_dir) / ".replaced-run").exists()
     cfg2 = _config(tmp_path / "other", method="kd", epochs=1)
     assert _fit(cfg2, tiny_teacher, resume=True).steps == result.steps
 

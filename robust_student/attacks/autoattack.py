@@ -16,11 +16,10 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .pgd import eval_mode
+from .runtime import QueryFunction, attack_mode, seeded
 from .threat import Threat
 
 logger = logging.getLogger(__name__)
@@ -47,48 +46,7 @@ def pyautoattack_version() -> str | None:
         return None
 
 
-# -- model handling ------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def frozen_parameters(model: object) -> Iterator[None]:
-    """Turn off ``requires_grad`` on ``model``'s parameters for the block, then restore each flag.
-
-    Some attacks in the package (FAB) call ``.backward()``; with frozen parameters nothing accumulates in
-    ``.grad``. A non-module callable is left alone.
-    """
-    params = list(model.parameters()) if isinstance(model, nn.Module) else []
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def attack_mode(model: object) -> Iterator[None]:
-    """Eval mode and frozen parameters for the block (an evaluation attacks the deployed model), then restore."""
-    modules = [model] if isinstance(model, nn.Module) else []
-    with eval_mode(*modules), frozen_parameters(model):
-        yield
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Seed torch's global RNG for the block and restore the caller's RNG state afterwards.
-
-    The package re-seeds the global RNG inside its attacks; forking keeps that from leaking out.
-    """
-    device = torch.device(device)
-    devices = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
+# -- the package's own log ---------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def captured_warnings(logger_name: str = "auto-attack") -> Iterator[list[str]]:
@@ -106,49 +64,6 @@ def captured_warnings(logger_name: str = "auto-attack") -> Iterator[list[str]]:
         yield messages
     finally:
         target.removeHandler(handler)
-
-
-class QueryFunction:
-    """A classifier seen only through its outputs: [0, 1] tensor -> float32 logits tensor on the input's device.
-
-    ``input_format``: ``"torch"`` (call with the tensor), ``"numpy"`` (call with a float32 numpy array, as an
-    ONNX Runtime session wrapper expects), or ``"auto"``: modules get tensors; other callables are tried with a
-    tensor first and, if that raises, with a numpy array (the first working format is kept). Outputs may be
-    tensors or numpy arrays. ``queries`` counts the images sent so far.
-    """
-
-    def __init__(self, predict: Callable[[Any], Any], input_format: str = "auto") -> None:
-        if input_format not in ("auto", "torch", "numpy"):
-            raise ValueError(f"input_format must be 'auto', 'torch' or 'numpy', got {input_format!r}")
-        self.predict = predict
-        self.input_format = "torch" if isinstance(predict, nn.Module) and input_format == "auto" else input_format
-        self.queries = 0
-
-    def _call(self, x: Tensor, fmt: str) -> Any:
-        return self.predict(x if fmt == "torch" else x.detach().cpu().numpy().astype(np.float32, copy=False))
-
-    def __call__(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            if self.input_format == "auto":
-                try:
-                    out = self._call(x, "torch")
-                    self.input_format = "torch"
-                except Exception as torch_err:  # noqa: BLE001 - any failure means "not a tensor function"
-                    try:
-                        out = self._call(x, "numpy")
-                    except Exception as numpy_err:  # noqa: BLE001
-                        raise ValueError(f"{self.predict!r} accepts neither a tensor ({torch_err}) nor a numpy "
-                                         f"array ({numpy_err}); pass input_format explicitly") from numpy_err
-                    self.input_format = "numpy"
-            else:
-                out = self._call(x, self.input_format)
-        self.queries += int(x.shape[0])
-        if isinstance(out, (list, tuple)) and len(out) == 1:  # onnxruntime's session.run returns [logits]
-            out = out[0]
-        logits = out.detach() if isinstance(out, Tensor) else torch.as_tensor(np.asarray(out))
-        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError(f"the classifier must return logits [B, C]; got shape {tuple(logits.shape)}")
-        return logits.to(device=x.device, dtype=torch.float32)
 
 
 # -- AutoAttack ------------------------------------------------------------------------------------------------
@@ -297,5 +212,5 @@ def square_attack(predict: Callable[[Any], Any], x: Tensor, y: Tensor, threat: T
     return threat.project(x_adv.float(), x0)
 
 
-__all__ = ["AutoAttackPlan", "QueryFunction", "autoattack_plan", "build_autoattack", "run_autoattack",
-           "square_attack", "attack_mode", "frozen_parameters", "seeded", "captured_warnings", "pyautoattack_version"]
+__all__ = ["AutoAttackPlan", "autoattack_plan", "build_autoattack", "run_autoattack", "square_attack",
+           "captured_warnings", "pyautoattack_version"]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..config import format_eps
+from ..formatting import format_eps, format_percent
 from .named import get_attack, predict_labels, robust_correct
 from .threat import Threat, make_threat
 
@@ -52,10 +52,6 @@ def tolerance(n: int) -> float:
     return max(0.01, 2.0 / max(n, 1))
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f} %"
-
-
 def check_accuracy_decreases(eps: Sequence[float], accuracy: Sequence[float], tol: float,
                              norm: str = "linf") -> Check:
     """Robust accuracy must not increase (beyond ``tol``) as eps grows."""
@@ -63,10 +59,10 @@ def check_accuracy_decreases(eps: Sequence[float], accuracy: Sequence[float], to
     if len(eps) < 2:
         return Check(name, None, "needs accuracies at two or more eps")
     pairs = sorted(zip(eps, accuracy))
-    show = ", ".join(f"{_eps(e, norm)}: {_pct(a)}" for e, a in pairs)
+    show = ", ".join(f"{format_eps(e, norm)}: {format_percent(a)}" for e, a in pairs)
     rises = [(e0, e1) for (e0, a0), (e1, a1) in zip(pairs, pairs[1:]) if a1 > a0 + tol]
     if rises:
-        where = "; ".join(f"{_eps(e0, norm)} -> {_eps(e1, norm)}" for e0, e1 in rises)
+        where = "; ".join(f"{format_eps(e0, norm)} -> {format_eps(e1, norm)}" for e0, e1 in rises)
         return Check(name, False, f"accuracy rises with eps ({where}); {show}")
     return Check(name, True, show)
 
@@ -77,26 +73,24 @@ def check_stronger(name: str, strong: str, weak: str, accuracy: Mapping[str, flo
         missing = [a for a in (strong, weak) if a not in accuracy]
         return Check(name, None, f"not run: needs {strong} and {weak} ({', '.join(missing)} missing)")
     a_strong, a_weak = accuracy[strong], accuracy[weak]
-    detail = f"{strong} {_pct(a_strong)} vs {weak} {_pct(a_weak)} (tolerance {_pct(tol)})"
+    detail = f"{strong} {format_percent(a_strong)} vs {weak} {format_percent(a_weak)} (tolerance {format_percent(tol)})"
     return Check(name, a_strong <= a_weak + tol, detail)
 
 
 def check_large_eps(eps: float, accuracy: float, max_accuracy: float = DEFAULT_MAX_LARGE_EPS_ACCURACY,
                     norm: str = "linf") -> Check:
     """At a large eps an attack that follows the gradient must break (almost) every example."""
-    detail = f"accuracy {_pct(accuracy)} at eps {_eps(eps, norm)} (must be <= {_pct(max_accuracy)})"
+    detail = (f"accuracy {format_percent(accuracy)} at eps {format_eps(eps, norm)} "
+              f"(must be <= {format_percent(max_accuracy)})")
     return Check("large_eps_breaks_model", accuracy <= max_accuracy, detail)
 
 
 def check_black_box(black_box: float, white_box: float, tol: float, *, black_name: str = "square",
                     white_name: str = "white-box") -> Check:
     """A query-only attack must not beat the gradient attacks (if it does, the gradients are masked)."""
-    detail = f"{black_name} {_pct(black_box)} vs {white_name} {_pct(white_box)} (tolerance {_pct(tol)})"
+    detail = (f"{black_name} {format_percent(black_box)} vs {white_name} {format_percent(white_box)} "
+              f"(tolerance {format_percent(tol)})")
     return Check("black_box_not_stronger", black_box >= white_box - tol, detail)
-
-
-def _eps(value: float, norm: str) -> str:
-    return format_eps(value) if norm == "linf" else f"{value:g}"
 
 
 def default_large_eps(threat: Threat, image_shape: Sequence[int]) -> float:

@@ -14,21 +14,17 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..config import format_eps
+from ..formatting import format_eps
 from ..registry import Registry
 from . import objectives
-from .autoattack import (STANDARD_SQUARE_QUERIES, QueryFunction, attack_mode, autoattack_plan, run_autoattack, seeded,
-                         square_attack)
+from .autoattack import STANDARD_SQUARE_QUERIES, autoattack_plan, run_autoattack, square_attack
 from .pgd import fgsm, pgd
+from .runtime import as_logits_fn, attack_mode, seeded
 from .threat import Threat
 
 Model = Callable[[Tensor], Tensor]
-
-
-def _eps_text(threat: Threat, value: float) -> str:
-    return format_eps(value) if threat.norm == "linf" else f"{value:g}"
 
 
 class EvalAttack:
@@ -75,7 +71,7 @@ class FGSM(EvalAttack):
     name = "fgsm"
 
     def settings(self, threat: Threat, num_classes: int) -> dict[str, Any]:
-        return {"objective": "ce", "steps": 1, "step_size": _eps_text(threat, threat.eps), "random_start": "none"}
+        return {"objective": "ce", "steps": 1, "step_size": format_eps(threat.eps, threat.norm), "random_start": "none"}
 
     def _run(self, model: Model, x: Tensor, y: Tensor, threat: Threat, seed: int) -> Tensor:
         return fgsm(objectives.ce(model, y), x, threat)
@@ -105,7 +101,7 @@ class PGD(EvalAttack):
         out: dict[str, Any] = {"objective": "cw_margin" if self.objective == "cw" else "ce"}
         if self.objective == "cw":
             out["kappa"] = self.kappa
-        out.update(steps=self.steps, step_size=_eps_text(threat, self._step(threat)),
+        out.update(steps=self.steps, step_size=format_eps(self._step(threat), threat.norm),
                    step_rule="given" if self.step_size is not None else "eps/4", random_start=self.random_start,
                    restarts=1)
         return out
@@ -184,6 +180,14 @@ def _pgd20(arg: None, step_size: float | None = None) -> EvalAttack:
     return PGD("pgd20", steps=20, objective="ce", step_size=step_size)
 
 
+@register_attack("pgd", takes_arg=True, usage="pgd:STEPS")
+def _pgd_steps(arg: str, step_size: float | None = None) -> EvalAttack:
+    """PGD on CE with any number of steps (``pgd:10``); same step rule and start as ``pgd20``."""
+    if not arg.isdigit() or int(arg) < 1:
+        raise ValueError(f"pgd:STEPS needs a positive integer number of steps, got {arg!r}")
+    return PGD(f"pgd:{arg}", steps=int(arg), objective="ce", step_size=step_size)
+
+
 @register_attack("cw20")
 def _cw20(arg: None, kappa: float = 50.0, step_size: float | None = None) -> EvalAttack:
     return PGD("cw20", steps=20, objective="cw", kappa=kappa, step_size=step_size)
@@ -221,11 +225,6 @@ def list_attacks() -> list[str]:
 
 
 # -- running an attack over many examples ------------------------------------------------------------------
-
-def as_logits_fn(model: Model) -> Model:
-    """Modules are called as they are; other callables (e.g. numpy / ONNX functions) through QueryFunction."""
-    return model if isinstance(model, nn.Module) else QueryFunction(model)
-
 
 def predict_labels(model: Model, x: Tensor, *, batch_size: int = 256, device: torch.device | str = "cpu") -> Tensor:
     """Top-1 predictions for ``x`` (any device) in batches, returned on the CPU."""

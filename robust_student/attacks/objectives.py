@@ -7,6 +7,8 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..losses import kl_div
+
 Model = Callable[[Tensor], Tensor]
 
 
@@ -30,13 +32,7 @@ def cw_margin(model: Model, y: Tensor, kappa: float = 50.0) -> Callable[[Tensor]
 def kl_to(model: Model, target_probs: Tensor, temperature: float = 1.0) -> Callable[[Tensor], Tensor]:
     """``KL(target || softmax(model(x) / T))`` per sample (TRADES / RSLAD / ARD-style inner losses)."""
     target = target_probs.detach().float()
-    log_target = target.clamp_min(1e-12).log()
-
-    def objective(x: Tensor) -> Tensor:
-        log_pred = F.log_softmax(model(x).float() / temperature, dim=1)
-        return (target * (log_target - log_pred)).sum(dim=1)
-
-    return objective
+    return lambda x: kl_div(target, model(x), reduction="none", temperature=temperature)
 
 
 def embedding_l2(encoder: Model, target_embeddings: Tensor) -> Callable[[Tensor], Tensor]:

@@ -1,34 +1,24 @@
 """The one PGD every inner maximisation and every gradient-based evaluation attack goes through.
 
 ``pgd(objective, x, threat, steps, step_size)`` maximises a *per-sample* objective (a callable mapping a
-batch of [0, 1] images to losses of shape [B]) inside ``threat``. Gradients are taken with
-``torch.autograd.grad`` with respect to the input only, so no parameter ever accumulates ``.grad``.
+batch of [0, 1] images to losses of shape [B]) inside ``threat`` and returns the final iterate. Gradients are
+taken with ``torch.autograd.grad`` with respect to the input only, so no parameter ever accumulates ``.grad``.
+A caller that needs the intermediate iterates (DGHFA's hierarchy of perturbation strengths) passes
+``on_step``, which sees every iterate; the return type never changes.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .runtime import eval_mode
 from .threat import LinfBall, Threat
 
 Objective = Callable[[Tensor], Tensor]
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put ``modules`` (and all their children) in eval mode, restoring every submodule's mode on exit."""
-    saved = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.eval()
-        yield
-    finally:
-        for m, training in saved:
-            m.training = training
+StepCallback = Callable[[int, Tensor], None]
 
 
 def pgd(
@@ -42,8 +32,8 @@ def pgd(
     *,
     init_std: float = 0.001,
     eval_modules: Sequence[nn.Module] = (),
-    return_trajectory: Sequence[int] = (),
-) -> Tensor | tuple[Tensor, list[Tensor]]:
+    on_step: StepCallback | None = None,
+) -> Tensor:
     """Projected gradient ascent on ``objective`` within ``threat`` around ``x``; returns detached ``x_adv``.
 
     Args:
@@ -53,7 +43,7 @@ def pgd(
         momentum: MI-FGSM decay ``mu``: ``g <- mu * g + grad / mean|grad|`` (None = plain PGD).
         eval_modules: modules held in eval mode during the attack and restored afterwards (e.g. the student,
             so batch-norm statistics are not updated by adversarial batches).
-        return_trajectory: step numbers (1..steps) whose iterates are also returned, detached, in order.
+        on_step: called as ``on_step(step, x_adv)`` after each step (1..steps) with the detached iterate.
 
     Works under autocast (the objective runs in the ambient precision; ``x_adv`` stays float32).
     """
@@ -64,8 +54,6 @@ def pgd(
     if kind not in ("uniform", "normal", "none"):
         raise ValueError(f"random_start must be a bool, 'uniform', 'normal' or 'none', got {random_start!r}")
     x_adv = threat.random_init(x0, kind, init_std) if kind != "none" else x0.clone()
-    wanted = set(return_trajectory)
-    trajectory: list[Tensor] = []
     velocity = torch.zeros_like(x0) if momentum is not None else None
     with eval_mode(*eval_modules), torch.enable_grad():
         for step in range(1, steps + 1):
@@ -81,10 +69,9 @@ def pgd(
                 velocity = momentum * velocity + grad / scale
                 grad = velocity
             x_adv = threat.project(threat.step(x_adv, grad, step_size), x0)
-            if step in wanted:
-                trajectory.append(x_adv)
-    x_adv = x_adv.detach()
-    return (x_adv, trajectory) if return_trajectory else x_adv
+            if on_step is not None:
+                on_step(step, x_adv.detach())  # a separate tensor: the next step flags x_adv for grad
+    return x_adv.detach()
 
 
 def fgsm(objective: Objective, x: Tensor, threat: Threat = LinfBall(), **kwargs) -> Tensor:

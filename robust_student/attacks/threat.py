@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import ThreatConfig, format_eps
+from ..config import ThreatConfig
+from ..formatting import format_eps
 
 _TINY = 1e-12
 
@@ -63,7 +64,7 @@ class L2Ball:
         return (x0 + delta * factor).clamp_(0.0, 1.0)
 
     def __str__(self) -> str:
-        return f"L2 eps={self.eps:g}"
+        return f"L2 eps={format_eps(self.eps, 'l2')}"
 
 
 Threat = LinfBall | L2Ball

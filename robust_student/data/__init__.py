@@ -27,6 +27,25 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
+def check_training_data(train_set: LabeledImages, val_set: LabeledImages | None, config: Any) -> None:
+    """Refuse data that cannot train a meaningful student: fewer than two classes, an empty training split, or
+    an empty validation split while validation is on (``train.eval_examples > 0``). Counts skipped files."""
+    name = config.dataset.name
+
+    def skipped(dataset: Any) -> str:
+        n = getattr(getattr(dataset, "parent", dataset), "num_skipped", 0)
+        return f" ({n} unreadable image(s) were skipped)" if n else ""
+
+    if train_set.num_classes < 2:
+        raise ValueError(f"dataset {name!r} has {train_set.num_classes} class(es) ({', '.join(train_set.labels)}); "
+                         "a classifier needs at least two: add folders/labels for the other classes")
+    if len(train_set) == 0:
+        raise ValueError(f"the train split of {name!r} is empty{skipped(train_set)}; there is nothing to train on")
+    if val_set is not None and len(val_set) == 0 and config.train.eval_examples > 0:
+        raise ValueError(f"the validation split of {name!r} is empty{skipped(val_set)}; add images, or set "
+                         "train.eval_examples=0 to train without validation")
+
+
 def build_dataset(config: DataConfig | str, split: str = "train", **overrides: Any) -> LabeledImages:
     """Build one split of a dataset from a :class:`DataConfig` or a spec string."""
     if isinstance(config, str):
@@ -46,5 +65,5 @@ def build_dataset(config: DataConfig | str, split: str = "train", **overrides: A
 from . import fashion_mnist, files, synthetic  # noqa: E402,F401  (register the built-in datasets)
 from .files import CorruptImageError  # noqa: E402
 
-__all__ = ["DATASETS", "CorruptImageError", "LabeledImages", "build_dataset", "list_datasets", "register_dataset",
-           "seeded_split"]
+__all__ = ["DATASETS", "CorruptImageError", "LabeledImages", "build_dataset", "check_training_data", "list_datasets",
+           "register_dataset", "seeded_split"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..teachers.prompts import PromptSet, generic_prompts, get_prompt_set
+from .prompts import PROMPT_SETS, PromptSet, generic_prompts, get_prompt_set
 
 
 class LabeledImages(Dataset):
@@ -82,8 +82,6 @@ def resolve_prompts(prompts: PromptSet | str | None, labels: Sequence[str]) -> P
     A registered set is matched when every label is one of its label names (e.g. CRC100K's ``TUM`` ...);
     otherwise the labels themselves become class names in generic templates.
     """
-    from ..teachers.prompts import PROMPT_SETS
-
     if isinstance(prompts, str):
         prompts = get_prompt_set(prompts)
     candidates = [prompts] if prompts is not None else [PROMPT_SETS.get(n) for n in PROMPT_SETS]

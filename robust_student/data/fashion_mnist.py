@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..teachers.prompts import FASHION_MNIST
 from . import register_dataset
 from .base import LabeledImages
+from .prompts import FASHION_MNIST
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 ROOT_ENV = "ROBUST_STUDENT_FASHION_MNIST"

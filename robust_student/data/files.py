@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..teachers.prompts import PromptSet
 from . import register_dataset
 from .base import LabeledImages, seeded_split
+from .prompts import PromptSet
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ IMAGE_COLUMNS = ("image", "image_path", "path", "filename", "file", "image_id", 
 LABEL_COLUMNS = ("label", "target", "class")
 SPLIT_COLUMN = "split"
 SHOW_NAMES = 5  # how many file names an error or warning lists
+SIZE_CHECK_FILES = 256  # image headers read at build time to catch mixed sizes early (they are in a random order)
 
 
 class CorruptImageError(ValueError):
@@ -126,7 +127,10 @@ class ImageFiles(LabeledImages):
     """Images read from files on demand, with their integer labels.
 
     With ``skip_corrupt=True`` every file is decoded once when the dataset is built; unreadable ones are
-    dropped, listed in ``skipped_files`` (``num_skipped`` counts them) and reported in one warning.
+    dropped, listed in ``skipped_files`` (``num_skipped`` counts them) and reported in one warning. Without
+    ``image_size`` every image must have the same size (they are batched as they are): the headers of the first
+    :data:`SIZE_CHECK_FILES` files are checked when the dataset is built, and every image when it is read; a
+    different size names the file and the option to set.
     """
 
     def __init__(self, files: Sequence[Path], targets: Sequence[int], labels: Sequence[str], *,
@@ -138,8 +142,11 @@ class ImageFiles(LabeledImages):
         self.files = [Path(f) for f in files]
         self._targets = [int(t) for t in targets]
         self.skipped_files: list[Path] = []
+        self._first_size: tuple[tuple[int, int], Path] | None = None  # (width, height) and the file it came from
         if skip_corrupt:
             self._drop_unreadable()
+        if image_size is None:
+            self._check_header_sizes()
 
     @property
     def num_skipped(self) -> int:
@@ -149,7 +156,30 @@ class ImageFiles(LabeledImages):
         return len(self.files)
 
     def _load(self, index: int) -> tuple[Tensor, int]:
-        return read_image(self.files[index], self.image_size), self._targets[index]
+        image = read_image(self.files[index], self.image_size)
+        if self.image_size is None:
+            self._check_size(self.files[index], (int(image.shape[-1]), int(image.shape[-2])))
+        return image, self._targets[index]
+
+    def _check_size(self, path: Path, size: tuple[int, int]) -> None:
+        """Images batched as they are must share one size (width, height)."""
+        if self._first_size is None:
+            self._first_size = (size, path)
+            return
+        first, first_path = self._first_size
+        if size != first:
+            raise ValueError(f"{self.name or 'dataset'}: images differ in size: {path} is {size[0]}x{size[1]} but "
+                             f"{first_path} is {first[0]}x{first[1]}; set dataset.image_size (e.g. "
+                             f"--set dataset.image_size={max(first)}) to resize every image")
+
+    def _check_header_sizes(self) -> None:
+        for path in self.files[:SIZE_CHECK_FILES]:
+            try:
+                with Image.open(path) as image:
+                    size = image.size
+            except Exception:  # noqa: BLE001 - unreadable files are reported when they are read
+                continue
+            self._check_size(path, size)
 
     def targets(self) -> list[int]:
         return list(self._targets)

@@ -19,9 +19,9 @@ from typing import Callable, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ConfigError
+from ..losses import check_reduction, kl_div, soft_targets
 from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, no_grad_outputs, register_method
-from .kd import check_reduction
-from .losses import kl_div, soft_targets
 
 
 @dataclass
@@ -31,17 +31,15 @@ class AdaADConfig(MethodConfig):
     Attributes:
         alpha: weight of ``KL(T(x') || S(x'))``; ``1 - alpha`` goes to ``KL(T(x) || S(x))``.
         reduction: KL reduction (``"batchmean"`` or ``"sum"``).
-        attack_eval_mode: hold the student in eval mode while crafting ``x'`` (the reference ``BN_eval=True``).
     """
 
     alpha: float = 1.0
     reduction: str = "batchmean"
-    attack_eval_mode: bool = True
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_reduction(self.reduction)
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError("alpha must be in [0, 1]")
+            raise ConfigError("alpha", f"must be in [0, 1], got {self.alpha!r}")
 
 
 def teacher_student_kl(teacher: nn.Module, student: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -51,7 +49,10 @@ def teacher_student_kl(teacher: nn.Module, student: nn.Module) -> Callable[[Tens
 
 @register_method("adaad")
 class AdaAD(Method):
-    """Find where teacher and student disagree most, then match the student to the teacher there."""
+    """Find where teacher and student disagree most, then match the student to the teacher there.
+
+    The student is in eval mode while ``x'`` is crafted (the reference ``BN_eval=True``).
+    """
 
     Config = AdaADConfig
 
@@ -60,8 +61,7 @@ class AdaAD(Method):
         cfg = self.config
         x = batch["image"]
         teacher = teachers["teacher"]
-        eval_modules = (student,) if cfg.attack_eval_mode else ()
-        x_adv = self.attack(teacher_student_kl(teacher, student), x, eval_modules=eval_modules)
+        x_adv = self.attack(teacher_student_kl(teacher, student), x, student)
         kl_adv = kl_div(soft_targets(no_grad_outputs(teacher, x_adv)), student(x_adv), reduction=cfg.reduction)
         out = {"kl_adv": kl_adv.detach()}
         loss = cfg.alpha * kl_adv

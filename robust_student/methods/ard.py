@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import objectives
+from ..config import ConfigError
+from ..losses import check_reduction, kl_div, soft_targets
 from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
-from .kd import check_reduction
-from .losses import kl_div, soft_targets
 
 
 @dataclass
@@ -32,34 +32,37 @@ class ARDConfig(MethodConfig):
         temperature: ``t`` applied to teacher and student logits; the KL is scaled by ``t^2``.
         alpha: weight of the distillation term; ``1 - alpha`` goes to clean cross-entropy.
         reduction: KL reduction (``"batchmean"`` or ``"sum"``).
-        attack_eval_mode: hold the student in eval mode while crafting ``x'``; False (train mode, batch
-            statistics, running stats updated by the attack's forwards) is what the reference code does.
     """
 
     temperature: float = 30.0
     alpha: float = 1.0
     reduction: str = "batchmean"
-    attack_eval_mode: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_reduction(self.reduction)
-        if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError("temperature must be > 0 and alpha in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError("temperature", f"must be > 0, got {self.temperature!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError("alpha", f"must be in [0, 1], got {self.alpha!r}")
 
 
 @register_method("ard")
 class ARD(Method):
-    """Match the student on CE-PGD examples to the teacher's softened clean predictions."""
+    """Match the student on CE-PGD examples to the teacher's softened clean predictions.
+
+    The attack runs with the student in TRAIN mode (batch statistics, running stats updated by the attack's
+    forwards), as the reference code does; ``attack.student_mode="eval"`` changes it.
+    """
 
     Config = ARDConfig
+    attack_student_mode = "train"
 
     def loss(self, batch: Batch, student: nn.Module, teachers: Mapping[str, nn.Module],
              state: TrainState) -> dict[str, Tensor]:
         cfg = self.config
         x, y = batch["image"], batch["label"]
         t = cfg.temperature
-        eval_modules = (student,) if cfg.attack_eval_mode else ()
-        x_adv = self.attack(objectives.ce(student, y), x, eval_modules=eval_modules)
+        x_adv = self.attack(objectives.ce(student, y), x, student)
         target = soft_targets(clean_teacher_logits(batch, teachers), t)
         kl = kl_div(target, student(x_adv), reduction=cfg.reduction, temperature=t) * t**2
         out = {"kl_adv": kl.detach()}

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..attacks.pgd import Objective, pgd
 from ..attacks.threat import threat_from_config
-from ..config import ConfigBase, ThreatConfig
+from ..config import AttackConfig, ConfigBase, ConfigError, ThreatConfig
 from ..registry import Registry
 
 Batch = Mapping[str, Tensor]  # {"image": [B, 3, H, W] in [0, 1], "label": [B]}
@@ -45,32 +45,55 @@ class Method(nn.Module):
     """Base class. Subclasses set ``Config`` and implement :meth:`loss`.
 
     ``teacher_roles`` names the teachers the method needs (the first is filled by ``DistillConfig.teacher``);
-    ``trainable_teacher_roles`` the ones it updates (their parameters join the optimiser through
-    :meth:`param_groups`).
+    ``trainable_teacher_roles`` the ones it trains by default (the trainer unfreezes them, gives them a param
+    group and checkpoints them; ``TeacherSpec.trainable`` chooses which part). ``attack_student_mode`` is the
+    student's mode during :meth:`attack` unless ``AttackConfig.student_mode`` says otherwise.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     teacher_roles: ClassVar[tuple[str, ...]] = ("teacher",)
     trainable_teacher_roles: ClassVar[tuple[str, ...]] = ()
+    attack_student_mode: ClassVar[str] = "eval"
 
     def __init__(self, config: MethodConfig | None = None, *, threat: ThreatConfig | None = None,
-                 num_classes: int = 0, embed_dim: int = 0) -> None:
+                 attack: AttackConfig | None = None, num_classes: int = 0, embed_dim: int = 0) -> None:
         super().__init__()
         self.config = config if config is not None else self.Config()
         if not isinstance(self.config, self.Config):
             raise TypeError(f"{type(self).__name__} expects a {self.Config.__name__}, got {type(self.config).__name__}")
         self.threat_config = threat if threat is not None else ThreatConfig()
+        self.attack_config = attack if attack is not None else AttackConfig()
         self.threat = threat_from_config(self.threat_config)
         self.num_classes = num_classes
         self.embed_dim = embed_dim
 
-    def attack(self, objective: Objective, x: Tensor, **overrides: Any) -> Tensor:
-        """The method's inner maximisation: :func:`pgd` with the run's threat settings (overridable)."""
-        settings: dict[str, Any] = dict(
-            steps=self.threat_config.steps, step_size=self.threat_config.step_size,
-            random_start=self.threat_config.random_start, init_std=self.threat_config.init_std,
-        )
+    def setup(self, student: nn.Module, teachers: Mapping[str, nn.Module]) -> None:
+        """Build method-owned modules and size state from the models, once, before the optimiser exists.
+
+        Called by the trainer before ``accelerator.prepare``, so whatever is assigned here (a frozen copy of
+        the student, per-teacher heads, per-class buffers) has stable state-dict keys under ``method.``.
+        """
+
+    # -- the inner maximisation -----------------------------------------------------------------------------
+    @property
+    def student_mode(self) -> str:
+        """``"eval"`` or ``"train"``: the student's mode while :meth:`attack` runs."""
+        return self.attack_config.student_mode or self.attack_student_mode
+
+    def attack_modules(self, student: nn.Module) -> tuple[nn.Module, ...]:
+        """The modules held in eval mode during the attack (the student, unless the mode is ``"train"``)."""
+        return (student,) if self.student_mode == "eval" else ()
+
+    def attack(self, objective: Objective, x: Tensor, student: nn.Module, **overrides: Any) -> Tensor:
+        """The method's inner maximisation: :func:`pgd` on the run's threat with the run's attack loop.
+
+        ``student`` is held in :attr:`student_mode`; ``overrides`` replace loop settings (``steps=``,
+        ``on_step=`` ...).
+        """
+        cfg = self.attack_config
+        settings: dict[str, Any] = dict(steps=cfg.steps, step_size=cfg.step_size, random_start=cfg.random_start,
+                                        init_std=cfg.init_std, eval_modules=self.attack_modules(student))
         settings.update(overrides)
         return pgd(objective, x, self.threat, **settings)
 
@@ -78,6 +101,11 @@ class Method(nn.Module):
              state: TrainState) -> dict[str, Tensor]:
         """Return ``{"loss": scalar to back-propagate, <term>: detached scalars to log}``."""
         raise NotImplementedError
+
+    def teacher_optimizer_options(self, role: str) -> dict[str, Any]:
+        """Optimiser options (``lr``, ``momentum`` ...) for a trainable teacher's param group; ``TeacherSpec.lr``
+        overrides the lr. Default: none (the run's lr and optimiser settings)."""
+        return {}
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimiser groups for method-owned parameters (none by default)."""
@@ -110,8 +138,11 @@ def create_method(name: str, config: MethodConfig | Mapping[str, Any] | None = N
     if config is None or isinstance(config, Mapping):
         try:
             config = cls.Config.from_dict(dict(config or {}))
+        except ConfigError as err:
+            raise ConfigError(f"method_args.{err.key}" if err.key else "method_args",
+                              f"{err.problem} (method {name!r})") from None
         except ValueError as err:
-            raise ValueError(f"method {name!r}: {err}") from err
+            raise ConfigError("method_args:", f"{err} (method {name!r})") from None
     return cls(config, **kwargs)
 
 
@@ -130,6 +161,11 @@ def cached_logits_key(role: str) -> str:
     return f"teacher_logits/{role}"
 
 
+def cached_embedding_key(role: str) -> str:
+    """Batch key under which the trainer puts a frozen teacher's cached clean image embeddings."""
+    return f"teacher_embedding/{role}"
+
+
 def clean_teacher_logits(batch: Batch, teachers: Mapping[str, nn.Module], role: str = "teacher") -> Tensor:
     """A frozen teacher's logits on the clean images, float32 without a graph.
 
@@ -139,3 +175,11 @@ def clean_teacher_logits(batch: Batch, teachers: Mapping[str, nn.Module], role: 
     if cached is not None:
         return cached.detach().float()
     return no_grad_outputs(teachers[role], batch["image"])
+
+
+def clean_teacher_embeddings(batch: Batch, teachers: Mapping[str, nn.Module], role: str = "teacher") -> Tensor:
+    """A frozen teacher's L2-normalised image embeddings of the clean images (cached like the logits)."""
+    cached = batch.get(cached_embedding_key(role))
+    if cached is not None:
+        return cached.detach().float()
+    return no_grad_outputs(teachers[role].encode_image, batch["image"])

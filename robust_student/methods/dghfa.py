@@ -63,9 +63,10 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..attacks import objectives
-from ..attacks.pgd import eval_mode
+from ..attacks import eval_mode
+from ..config import ConfigError
+from ..losses import kl_div, soft_targets
 from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
-from .losses import kl_div, soft_targets
 
 logger = logging.getLogger(__name__)
 
@@ -119,20 +120,19 @@ class DGHFAConfig(MethodConfig):
     num_intermediate: int = 6
     normalize_grads: bool = True
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.gradient_alignment not in GRADIENT_ALIGNMENTS:
-            raise ValueError(f"gradient_alignment must be one of {GRADIENT_ALIGNMENTS}, "
-                             f"got {self.gradient_alignment!r}")
+            raise ConfigError("gradient_alignment", f"must be one of {GRADIENT_ALIGNMENTS}, "
+                                                    f"got {self.gradient_alignment!r}")
         if self.class_weight_sign not in (1, -1):
-            raise ValueError(f"class_weight_sign must be +1 (the paper's text) or -1 (eq. 3 as printed), "
-                             f"got {self.class_weight_sign!r}")
+            raise ConfigError("class_weight_sign", f"must be +1 (the paper's text) or -1 (eq. 3 as printed), "
+                                                   f"got {self.class_weight_sign!r}")
         if not 0 < self.gamma < 1:
-            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
+            raise ConfigError("gamma", f"must be in (0, 1), got {self.gamma}")
         if self.tau_init < 0:
-            raise ValueError(f"tau_init must be >= 0, got {self.tau_init}")
-        if int(self.num_intermediate) < 1:
-            raise ValueError(f"num_intermediate must be >= 1, got {self.num_intermediate}")
-        self.num_intermediate = int(self.num_intermediate)
+            raise ConfigError("tau_init", f"must be >= 0, got {self.tau_init}")
+        if self.num_intermediate < 1:
+            raise ConfigError("num_intermediate", f"must be >= 1, got {self.num_intermediate}")
 
 
 # -- the pieces, as functions of tensors (unit-tested on their own) --------------------------------------------
@@ -149,7 +149,7 @@ def hpfa_steps(steps: int, num_intermediate: int) -> list[int]:
     """
     if not 1 <= num_intermediate <= steps:
         raise ValueError(f"HPFA needs 1 <= num_intermediate <= PGD steps, got num_intermediate={num_intermediate} "
-                         f"with {steps} steps (raise threat.steps or lower method_args.num_intermediate)")
+                         f"with {steps} steps (raise attack.steps or lower method_args.num_intermediate)")
     return [math.floor(s * steps / num_intermediate + 0.5) for s in range(1, num_intermediate + 1)]
 
 
@@ -232,14 +232,16 @@ class DGHFA(Method):
     def __init__(self, config: DGHFAConfig | None = None, **kwargs) -> None:
         super().__init__(config, **kwargs)
         if self.config.hpfa:
-            hpfa_steps(self.threat_config.steps, self.config.num_intermediate)  # fail early on a bad combination
-        c = max(0, int(self.num_classes))  # 0: sized from the student's classifier on the first batch
+            hpfa_steps(self.attack_config.steps, self.config.num_intermediate)  # fail early on a bad combination
+        c = max(0, int(self.num_classes))  # 0: sized by setup() from the student's classifier
         self.register_buffer("tau", torch.full((c,), float(self.config.tau_init)))
         self.register_buffer("risk_sum", torch.zeros(c))
         self.register_buffer("risk_count", torch.zeros(c))
 
     # -- state ----------------------------------------------------------------------------------------------
-    def _ensure_classes(self, num_classes: int) -> None:
+    def setup(self, student: nn.Module, teachers: Mapping[str, nn.Module]) -> None:
+        """Size the per-class buffers from the student's classifier (before the optimiser and checkpoints)."""
+        num_classes = int(student.num_classes)
         if self.tau.numel() == num_classes:
             return
         if self.tau.numel() != 0:
@@ -280,15 +282,18 @@ class DGHFA(Method):
         teacher = teachers["teacher"]
         align = cfg.gradient_alignment != "none"
 
+        if self.tau.numel() != int(student.num_classes):
+            raise RuntimeError(f"DGHFA has {self.tau.numel()} class weights but the student predicts "
+                               f"{student.num_classes} classes: call method.setup(student, teachers) first")
+
         # 1. Inner maximisation (eq. 7), keeping the HPFA iterates from the same trajectory.
-        attack_objective = objectives.ce(student, y)
+        iterates: list[Tensor] = []
         if cfg.hpfa:
-            x_adv, iterates = self.attack(attack_objective, x, eval_modules=(student,),
-                                          return_trajectory=hpfa_steps(self.threat_config.steps,
-                                                                       cfg.num_intermediate))
+            keep = set(hpfa_steps(self.attack_config.steps, cfg.num_intermediate))
+            self.attack(objectives.ce(student, y), x, student,
+                        on_step=lambda step, x_step: iterates.append(x_step) if step in keep else None)
         else:
-            x_adv = self.attack(attack_objective, x, eval_modules=(student,))
-            iterates = [x_adv]
+            iterates.append(self.attack(objectives.ce(student, y), x, student))
 
         # 2. The frozen teacher on clean images: logits, and its input-gradient when aligning gradients.
         if align:
@@ -303,7 +308,6 @@ class DGHFA(Method):
         # 3. Student forwards in train mode: clean, then all adversarial strengths in one batch.
         emb_clean = student.encode_image(x).float()
         logits_clean = _logits_from_embedding(student, emb_clean)
-        self._ensure_classes(logits_clean.shape[1])
         emb_adv = student.encode_image(torch.cat(iterates)).float()
         logits_adv = _logits_from_embedding(student, emb_adv[-x.shape[0]:])  # the last iterate is x'
 

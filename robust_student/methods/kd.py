@@ -16,16 +16,9 @@ from typing import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ConfigError
+from ..losses import check_reduction, kl_div, soft_targets
 from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
-from .losses import kl_div, soft_targets
-
-REDUCTIONS = ("batchmean", "sum")
-
-
-def check_reduction(reduction: str) -> None:
-    """Validate a KL reduction field (shared by the baselines' configs)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 @dataclass
@@ -42,10 +35,12 @@ class KDConfig(MethodConfig):
     alpha: float = 1.0
     reduction: str = "batchmean"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_reduction(self.reduction)
-        if self.temperature <= 0 or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError("temperature must be > 0 and alpha in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError("temperature", f"must be > 0, got {self.temperature!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError("alpha", f"must be in [0, 1], got {self.alpha!r}")
 
 
 @register_method("kd")

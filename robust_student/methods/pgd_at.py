@@ -6,7 +6,7 @@ https://arxiv.org/abs/1706.06083.
     x' = argmax_{x' in B(x, eps)} CE(S(x'), y)        L = CE(S(x'), y)
 
 The student sits in eval mode during the attack (AdaAD's "Plain_Madry" baseline and the shared default);
-``attack_eval_mode=False`` gives Madry's original train-mode attack.
+``attack.student_mode="train"`` gives Madry's original train-mode attack.
 """
 
 from __future__ import annotations
@@ -23,13 +23,7 @@ from .base import Batch, Method, MethodConfig, TrainState, register_method
 
 @dataclass
 class PGDATConfig(MethodConfig):
-    """Hyper-parameters of PGD-AT.
-
-    Attributes:
-        attack_eval_mode: hold the student in eval mode (frozen batch-norm statistics) while crafting ``x'``.
-    """
-
-    attack_eval_mode: bool = True
+    """PGD-AT has no hyper-parameters of its own: the threat and the attack loop are the run's."""
 
 
 @register_method("pgd-at")
@@ -42,7 +36,6 @@ class PGDAT(Method):
     def loss(self, batch: Batch, student: nn.Module, teachers: Mapping[str, nn.Module],
              state: TrainState) -> dict[str, Tensor]:
         x, y = batch["image"], batch["label"]
-        eval_modules = (student,) if self.config.attack_eval_mode else ()
-        x_adv = self.attack(objectives.ce(student, y), x, eval_modules=eval_modules)
+        x_adv = self.attack(objectives.ce(student, y), x, student)
         ce_adv = F.cross_entropy(student(x_adv).float(), y)
         return {"loss": ce_adv, "ce_adv": ce_adv.detach()}

@@ -18,9 +18,9 @@ from typing import Mapping
 from torch import Tensor, nn
 
 from ..attacks import objectives
+from ..config import ConfigError
+from ..losses import check_reduction, kl_div, soft_targets
 from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
-from .kd import check_reduction
-from .losses import kl_div, soft_targets
 
 
 @dataclass
@@ -30,22 +30,23 @@ class RSLADConfig(MethodConfig):
     Attributes:
         adv_weight: weight of ``KL(T(x) || S(x'))``; ``1 - adv_weight`` goes to ``KL(T(x) || S(x))``.
         reduction: KL reduction (``"batchmean"`` or ``"sum"``).
-        attack_eval_mode: hold the student in eval mode while crafting ``x'`` (the reference code does).
     """
 
     adv_weight: float = 5 / 6
     reduction: str = "batchmean"
-    attack_eval_mode: bool = True
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_reduction(self.reduction)
         if not 0.0 <= self.adv_weight <= 1.0:
-            raise ValueError("adv_weight must be in [0, 1]")
+            raise ConfigError("adv_weight", f"must be in [0, 1], got {self.adv_weight!r}")
 
 
 @register_method("rslad")
 class RSLAD(Method):
-    """Distil the teacher's clean soft labels into the student on clean and adversarial inputs."""
+    """Distil the teacher's clean soft labels into the student on clean and adversarial inputs.
+
+    The student is in eval mode while ``x'`` is crafted (the reference code does; ``attack.student_mode``).
+    """
 
     Config = RSLADConfig
 
@@ -54,8 +55,7 @@ class RSLAD(Method):
         cfg = self.config
         x = batch["image"]
         soft = soft_targets(clean_teacher_logits(batch, teachers))
-        eval_modules = (student,) if cfg.attack_eval_mode else ()
-        x_adv = self.attack(objectives.kl_to(student, soft), x, eval_modules=eval_modules)
+        x_adv = self.attack(objectives.kl_to(student, soft), x, student)
         kl_adv = kl_div(soft, student(x_adv), reduction=cfg.reduction)
         kl_nat = kl_div(soft, student(x), reduction=cfg.reduction)
         w = cfg.adv_weight

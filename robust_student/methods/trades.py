@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import eval_mode, objectives
+from ..losses import check_reduction, kl_div
 from .base import Batch, Method, MethodConfig, TrainState, register_method
-from .kd import check_reduction
-from .losses import kl_div
 
 
 @dataclass
@@ -32,14 +31,12 @@ class TRADESConfig(MethodConfig):
     Attributes:
         beta: weight of the robustness KL (6 in the paper's CIFAR-10 setting).
         reduction: outer KL reduction (``"batchmean"`` = the reference code's ``(1/B) * KL_sum``).
-        attack_eval_mode: hold the student in eval mode while crafting ``x'`` (the reference code does).
     """
 
     beta: float = 6.0
     reduction: str = "batchmean"
-    attack_eval_mode: bool = True
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_reduction(self.reduction)
 
 
@@ -54,10 +51,9 @@ class TRADES(Method):
              state: TrainState) -> dict[str, Tensor]:
         cfg = self.config
         x, y = batch["image"], batch["label"]
-        eval_modules = (student,) if cfg.attack_eval_mode else ()
-        with eval_mode(*eval_modules), torch.no_grad():  # the attack's target, in the attack's BN mode
+        with eval_mode(*self.attack_modules(student)), torch.no_grad():  # the target, in the attack's BN mode
             clean_probs = F.softmax(student(x).float(), dim=1)
-        x_adv = self.attack(objectives.kl_to(student, clean_probs), x, eval_modules=eval_modules)
+        x_adv = self.attack(objectives.kl_to(student, clean_probs), x, student)
         logits = student(x)
         ce = F.cross_entropy(logits.float(), y)
         robust = kl_div(F.softmax(logits.float(), dim=1), student(x_adv), reduction=cfg.reduction)

@@ -27,6 +27,9 @@ class Backbone(NamedTuple):
 
 
 STUDENTS: Registry[Callable[..., Backbone]] = Registry("student")
+# Factory arguments that fetch weights: dropped from a student's saved spec, so loading a saved student never
+# downloads a backbone it is about to overwrite with its own weights.
+DOWNLOAD_ARGS = ("pretrained",)
 
 
 def register_student(name: str, *, takes_arg: bool = False, usage: str | None = None):
@@ -48,22 +51,33 @@ def create_student(
     logit_scale: float | None = None,
     **kwargs: Any,
 ) -> Student:
-    """Build a student. With ``teacher``, its embedding size, text classifier and logit scale are used."""
+    """Build a student. With ``teacher``, its embedding size, text classifier and logit scale are used.
+
+    The teacher must have its classes set (``teacher.set_classes``): the student classifies with its text
+    embeddings. Without a teacher give ``embed_dim`` and ``num_classes`` (e.g. to rebuild a saved student).
+    """
     factory, arg = STUDENTS.resolve(name)
     if teacher is not None:
+        if num_classes is None and not teacher.num_classes:
+            raise ValueError(f"teacher {teacher.name!r} has no classes yet, so the student would have no outputs: "
+                             "call teacher.set_classes(classnames, templates) first (or pass num_classes=)")
         embed_dim = embed_dim or teacher.embed_dim
         num_classes = num_classes if num_classes is not None else teacher.num_classes
         logit_scale = logit_scale if logit_scale is not None else float(teacher.logit_scale)
     if embed_dim is None:
         raise ValueError("create_student needs a teacher or an explicit embed_dim")
+    if not num_classes or num_classes < 1:
+        raise ValueError(f"a student needs at least one class, got num_classes={num_classes!r}")
+    if int(image_size) < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
     backbone = factory(arg, image_size=image_size, **kwargs)
-    spec = {"name": name, "embed_dim": int(embed_dim), "num_classes": int(num_classes or 0),
-            "image_size": int(image_size), **kwargs}
+    spec = {"name": name, "args": {k: v for k, v in kwargs.items() if k not in DOWNLOAD_ARGS},
+            "embed_dim": int(embed_dim), "num_classes": int(num_classes), "image_size": int(image_size)}
     student = Student(
         backbone.module,
         feature_dim=backbone.feature_dim,
         embed_dim=embed_dim,
-        num_classes=num_classes or 0,
+        num_classes=num_classes,
         mean=backbone.mean,
         std=backbone.std,
         logit_scale=logit_scale if logit_scale is not None else 100.0,
@@ -71,6 +85,7 @@ def create_student(
     )
     if teacher is not None and teacher.num_classes:
         student.set_classifier(teacher.classifier, teacher.logit_scale, teacher.classnames)
+        student.teacher_provenance = teacher.provenance.to_dict()
     return student
 
 
@@ -170,4 +185,4 @@ def _clip_tower(arch: str, *, image_size: int, pretrained: str | None = None, **
     return Backbone(_OpenClipTower(visual), int(visual.output_dim), mean, std)
 
 
-__all__ = ["Student", "Backbone", "STUDENTS", "create_student", "list_students", "register_student"]
+__all__ = ["Student", "Backbone", "STUDENTS", "DOWNLOAD_ARGS", "create_student", "list_students", "register_student"]

@@ -20,7 +20,9 @@ class Student(nn.Module):
 
     ``backbone`` maps normalised images to pooled features [B, feature_dim]; if it has timm/open_clip's
     ``forward_intermediates`` the stage outputs are exposed by :meth:`features`.
-    ``spec`` records how to rebuild the student (``create_student(**spec)``), used by save/load.
+    ``spec`` records how to rebuild the student (``{"name", "args", "embed_dim", "num_classes", "image_size"}``,
+    never a download flag), ``classnames`` the classifier's class names, ``labels`` the training data's own label
+    names (same order; default the class names), ``teacher_provenance`` the teacher it was distilled from.
     """
 
     def __init__(
@@ -45,7 +47,26 @@ class Student(nn.Module):
         self.embed_dim = int(embed_dim)
         self.feature_dim = int(feature_dim)
         self.classnames: list[str] = []
+        self._labels: list[str] = []
         self.spec: dict[str, Any] = dict(spec or {})
+        self.teacher_provenance: dict[str, Any] = {}
+
+    @property
+    def labels(self) -> list[str]:
+        """The data's label names in class order (``TUM``, ``T-shirt/top``), else the class names."""
+        return list(self._labels or self.classnames)
+
+    @labels.setter
+    def labels(self, value: Sequence[str]) -> None:
+        value = [str(v) for v in value]
+        if value and self.classnames and len(value) != len(self.classnames):
+            raise ValueError(f"{len(value)} labels for {len(self.classnames)} classes")
+        self._labels = value
+
+    @property
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """The normalisation inside the model, as plain lists (per channel, [0, 1] pixels)."""
+        return self.mean.flatten().tolist(), self.std.flatten().tolist()
 
     @property
     def num_classes(self) -> int:

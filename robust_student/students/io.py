@@ -1,44 +1,116 @@
-"""Save and load students as a folder: ``model.safetensors`` + ``student.json`` (how to rebuild it).
+"""The one saved-student format, read by evaluation, export, model cards and the Hub.
 
-Nothing is unpickled: weights are safetensors and the spec is JSON, so loading a downloaded student is safe.
+A folder with
+
+* ``model.safetensors`` — the student's state dict (metadata names the architecture it belongs to);
+* ``config.json`` — everything needed to rebuild and trust it, as plain JSON: ``architecture`` (registered name,
+  factory arguments without download flags, embedding size, image size), ``class_names`` and ``labels``,
+  ``normalization`` (mean/std inside the model), ``input`` (layout, channels, size, [0, 1] range),
+  ``logit_scale``, the ``teacher`` it was distilled from and every teacher ``role`` (spec, arguments, licence:
+  ``license``, ``license_url``, ``commercial_use``), and, for a trained student, the ``method``, ``threat``,
+  the run's full ``config`` and its validation ``history``.
+
+Nothing is unpickled and nothing is downloaded on load: the backbone is built at random init from the spec and
+its weights come from the safetensors file, so loading a downloaded student is safe.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from safetensors.torch import load_file, save_file
-
-from . import create_student
+from ..fileio import read_json, read_safetensors, state_mismatch, write_json, write_safetensors
+from . import DOWNLOAD_ARGS, create_student
 from .base import Student
 
 WEIGHTS = "model.safetensors"
-SPEC = "student.json"
+CONFIG = "config.json"
+FORMAT = "robust_student/student"
+FORMAT_VERSION = 1
+ARCH_KEY = "robust_student.architecture"  # safetensors metadata: which architecture the weights are for
 
 
-def save_student(student: Student, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the student's weights and rebuild spec (plus optional ``extra`` metadata) to ``directory``."""
+def student_config(student: Student, *, teachers: Mapping[str, Mapping[str, Any]] | None = None,
+                   run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config.json`` of ``student``: ``teachers`` maps roles to provenance dicts (default: the teacher the
+    student was built from); ``run`` may hold ``method``, ``threat``, ``config`` and ``history`` of its training."""
+    from .. import __version__
+
+    spec = student.spec
+    mean, std = student.mean_std
+    size = int(spec["image_size"])
+    roles = {role: dict(p) for role, p in (teachers or {}).items()}
+    if not roles and student.teacher_provenance:
+        roles = {"teacher": dict(student.teacher_provenance)}
+    primary = next(iter(roles.values()), {})
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "robust_student_version": __version__,
+        "architecture": {"name": spec["name"],
+                         "args": {k: v for k, v in spec.get("args", {}).items() if k not in DOWNLOAD_ARGS},
+                         "embed_dim": int(spec["embed_dim"]), "image_size": size},
+        "num_classes": student.num_classes, "class_names": list(student.classnames), "labels": student.labels,
+        "normalization": {"mean": mean, "std": std},
+        "input": {"layout": "NCHW", "channels": len(mean), "height": size, "width": size, "range": [0.0, 1.0],
+                  "dtype": "float32"},
+        "logit_scale": float(student.logit_scale),
+        "teacher": primary, "teachers": roles,
+        **dict(run or {}),
+    }
+
+
+def save_student(student: Student, directory: str | Path, *, teachers: Mapping[str, Mapping[str, Any]] | None = None,
+                 run: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (see :func:`student_config`) to ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS))
-    meta = {"spec": student.spec, "classnames": student.classnames, **(extra or {})}
-    (directory / SPEC).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    config = student_config(student, teachers=teachers, run=run)
+    write_safetensors(directory / WEIGHTS, student.state_dict(),
+                      metadata={ARCH_KEY: student.spec["name"], "format": FORMAT})
+    write_json(directory / CONFIG, config)
     return directory
 
 
-def load_student(directory: str | Path, map_location: str = "cpu") -> Student:
-    """Rebuild a student saved by :func:`save_student` (random init, then its weights; strict)."""
+def read_student_config(directory: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a saved student folder, checked to be one."""
     directory = Path(directory)
-    if not (directory / SPEC).is_file() or not (directory / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{directory} is not a saved student: expected {SPEC} and {WEIGHTS} in it")
-    meta = json.loads((directory / SPEC).read_text(encoding="utf-8"))
-    spec = dict(meta["spec"])
-    name = spec.pop("name")
-    kwargs = {k: spec.pop(k) for k in ("embed_dim", "num_classes", "image_size")}
-    student = create_student(name, **kwargs, **spec)
-    student.load_state_dict(load_file(str(directory / WEIGHTS), device=map_location), strict=True)
-    student.classnames = list(meta.get("classnames", []))
+    if not directory.is_dir() or not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+        what = "a folder" if directory.is_dir() else ("a file" if directory.exists() else "no such path")
+        raise FileNotFoundError(f"{directory} is not a saved student ({what}): a saved student is a folder with "
+                                f"{CONFIG} and {WEIGHTS}, written by fit() or save_student()")
+    config = read_json(directory / CONFIG, "saved student's config")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{directory / CONFIG} is not a robust_student student config (format {found!r}, "
+                         f"expected {FORMAT!r})")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{directory / CONFIG} has format version {config['format_version']}; this robust_student "
+                         f"reads up to {FORMAT_VERSION}: upgrade robust-student")
+    return config
+
+
+def load_student(directory: str | Path, map_location: str = "cpu") -> Student:
+    """Rebuild a student saved by :func:`save_student`: built from its spec (never downloading anything), then
+    its weights (strict). A spec and weights that do not fit say so in one line."""
+    directory = Path(directory)
+    config = read_student_config(directory)
+    arch = config["architecture"]
+    state, metadata = read_safetensors(directory / WEIGHTS, device=map_location)
+    try:
+        student = create_student(arch["name"], embed_dim=arch["embed_dim"], num_classes=config["num_classes"],
+                                 image_size=arch["image_size"], logit_scale=config.get("logit_scale"),
+                                 **arch.get("args", {}))
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"{directory / CONFIG}: cannot rebuild architecture {arch.get('name')!r}: {err}") from None
+    mismatch = state_mismatch(student.state_dict(), state)
+    if mismatch is not None:
+        weights_for = metadata.get(ARCH_KEY)
+        for_text = f"the weights are for {weights_for}" if weights_for else "the weights do not fit it"
+        raise ValueError(f"{directory}: {CONFIG} says {arch['name']}; {for_text}: {mismatch}")
+    student.load_state_dict(state, strict=True)
+    student.classnames = list(config.get("class_names", []))
+    student.labels = list(config.get("labels", []))
+    student.teacher_provenance = dict(config.get("teacher", {}))
     return student.eval()
+
+
+__all__ = ["save_student", "load_student", "read_student_config", "student_config", "WEIGHTS", "CONFIG", "FORMAT"]

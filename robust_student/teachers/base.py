@@ -1,25 +1,71 @@
-"""The Teacher contract: a frozen, eval-locked vision-language model on [0, 1] pixels.
+"""The Teacher contract: a vision-language model on [0, 1] pixels, frozen unless the trainer unfreezes it.
 
 Backends (open_clip, CONCH, CXR-CLIP, the built-in ``fmnist-clip``) subclass :class:`Teacher` and implement
 two hooks, ``_encode_image`` (normalised pixels -> image features) and ``_encode_text`` (strings -> text
-features). Everything users and methods rely on — normalisation inside the model, resizing to the backbone's
-input size, L2-normalised embeddings, the cached zero-shot classifier, freezing — lives here once.
+features), plus optionally ``_head_prefixes`` (which parameters form the trainable "head"). Everything users
+and methods rely on — normalisation inside the model, resizing to the backbone's input size, L2-normalised
+embeddings, the cached zero-shot classifier, freezing — lives here once. Licences are declared by each
+backend at registration (:class:`TeacherLicense`) and recorded with the teacher's spec in ``provenance``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .prompts import build_text_classifier
+from .zeroshot import build_text_classifier
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TeacherLicense:
+    """A teacher's licence as its backend declares it: SPDX-like id (None = unknown), where to read it, whether
+    students distilled from it may be used commercially (None = unknown), and terms students inherit."""
+
+    license: str | None = None
+    license_url: str | None = None
+    commercial_use: bool | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TeacherProvenance:
+    """Where a teacher came from: the spec and arguments that rebuild it, and its licence (saved with students)."""
+
+    spec: str
+    args: dict[str, Any] = field(default_factory=dict)
+    license: str | None = None
+    license_url: str | None = None
+    commercial_use: bool | None = None
+    note: str = ""
+
+    @classmethod
+    def of(cls, spec: str, args: dict[str, Any], terms: TeacherLicense) -> "TeacherProvenance":
+        return cls(spec=spec, args=_json_safe(args), **asdict(terms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _json_safe(args: dict[str, Any]) -> dict[str, Any]:
+    """Keep arguments that JSON can hold (paths as strings); drop objects such as a tokenizer or a device."""
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            out[key] = list(value)
+        elif hasattr(value, "__fspath__"):
+            out[key] = str(value)
+    return out
 
 
 def take_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
@@ -35,12 +81,14 @@ def take_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
 class Teacher(nn.Module):
     """Vision-language teacher. Inputs are float NCHW images in [0, 1]; normalisation happens inside.
 
-    Parameters are frozen and the module stays in eval mode whatever ``.train()`` is called with, but
-    gradients still flow to the *input*, so attacks and gradient-alignment losses can differentiate
-    through it. Methods wrap clean teacher calls in ``torch.no_grad()`` themselves.
+    A frozen teacher (the default) has no trainable parameter and stays in eval mode whatever ``.train()`` is
+    called with, but gradients still flow to the *input*, so attacks and gradient-alignment losses can
+    differentiate through it. The trainer, not the teacher, decides what trains: :meth:`make_trainable`
+    unfreezes the head or everything, after which that part follows ``.train()``/``.eval()``.
 
     Attributes: ``name``, ``embed_dim``, ``input_size`` (images of another size are resized inside,
-    bilinearly), ``license`` (SPDX-like id or a short text; cards and uploads honour it), ``classnames``.
+    bilinearly), ``provenance`` (spec, arguments and licence; ``license`` is its licence id), ``classnames``,
+    ``trainable`` (``"none"``, ``"head"`` or ``"all"``).
     """
 
     def __init__(
@@ -52,14 +100,16 @@ class Teacher(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         logit_scale: float,
-        license: str,
+        license: str | None = None,
         resize_inputs: bool = True,
     ) -> None:
         super().__init__()
         self.name = name
         self.embed_dim = int(embed_dim)
         self.input_size = int(input_size)
-        self.license = license
+        # A teacher built through create_teacher gets its registry licence; one built by hand declares its own.
+        self.provenance = TeacherProvenance(spec=name, license=license)
+        self.trainable = "none"
         self.resize_inputs = resize_inputs
         self.classnames: list[str] = []
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -80,15 +130,54 @@ class Teacher(nn.Module):
         """Normalised pixels -> named intermediate feature maps (backend specific)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose intermediate features")
 
+    def _head_prefixes(self) -> list[str]:
+        """Names (relative to the teacher) of the modules / parameters that form its trainable head: the image
+        tower's projection and last block. Backends that support ``trainable="head"`` override this."""
+        raise NotImplementedError(f"{self.name} does not declare a trainable head; use trainable='all'")
+
     # -- the contract ------------------------------------------------------------------------------------
+    @property
+    def license(self) -> str | None:
+        """The licence id from :attr:`provenance` (None = unknown)."""
+        return self.provenance.license
+
     def freeze(self) -> "Teacher":
         """Freeze every parameter and lock eval mode. Backends call this at the end of ``__init__``."""
         self.requires_grad_(False)
+        self.trainable = "none"
         super().train(False)
         return self
 
-    def train(self, mode: bool = True) -> "Teacher":  # noqa: ARG002 - a teacher never trains
-        return super().train(False)
+    def make_trainable(self, part: str) -> list[nn.Parameter]:
+        """Unfreeze ``part`` (``"head"`` or ``"all"``) and return its parameters; the rest stays frozen.
+
+        Afterwards ``.train()`` puts that part (only) in train mode. Called by the trainer for the roles that
+        train; frozen roles are never unfrozen.
+        """
+        if part not in ("head", "all"):
+            raise ValueError(f"trainable part must be 'head' or 'all', got {part!r}")
+        self.requires_grad_(False)
+        if part == "all":
+            params = list(self.parameters())
+        else:
+            prefixes = self._head_prefixes()
+            params = [p for n, p in self.named_parameters() if _under(n, prefixes)]
+            if not params:
+                raise ValueError(f"{self.name}: its head {prefixes} holds no parameters")
+        for p in params:
+            p.requires_grad_(True)
+        self.trainable = part
+        return params
+
+    def train(self, mode: bool = True) -> "Teacher":
+        """A frozen teacher stays in eval mode; a trainable one puts its trainable part in ``mode``."""
+        super().train(mode and self.trainable == "all")
+        if self.trainable == "head" and mode:
+            prefixes = self._head_prefixes()
+            for name, module in self.named_modules():
+                if name and _under(name, prefixes):
+                    module.train(True)
+        return self
 
     def preprocess(self, x: Tensor) -> Tensor:
         """[0, 1] pixels -> the backbone's input: resized to ``input_size`` and normalised."""
@@ -125,15 +214,27 @@ class Teacher(nn.Module):
     def num_classes(self) -> int:
         return int(self.classifier.shape[1])
 
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Zero-shot logits [B, C] of L2-normalised image embeddings: ``logit_scale * embedding @ classifier``."""
+        if self.classifier.shape[1] == 0:
+            raise RuntimeError(f"{self.name}: call set_classes(classnames, templates) before classifying")
+        return self.logit_scale * embedding @ self.classifier
+
     def forward(self, x: Tensor) -> Tensor:
         """Zero-shot logits [B, C] = ``logit_scale * encode_image(x) @ classifier``."""
         if self.classifier.shape[1] == 0:
             raise RuntimeError(f"{self.name}: call set_classes(classnames, templates) before forward()")
-        return self.logit_scale * self.encode_image(x) @ self.classifier
+        return self.classify(self.encode_image(x))
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None) -> dict[str, Tensor]:
         """Named intermediate features for feature-level methods (``indices``: which blocks, None = all)."""
         return self._intermediates(self.preprocess(x), indices)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, embed_dim={self.embed_dim}, input_size={self.input_size}, license={self.license!r}"
+        return (f"name={self.name!r}, embed_dim={self.embed_dim}, input_size={self.input_size}, "
+                f"license={self.license!r}, trainable={self.trainable!r}")
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    """``name`` is one of ``prefixes`` or inside one of them (``a.b.c`` is under ``a.b``)."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)

@@ -16,11 +16,10 @@ from . import register_teacher
 from .open_clip import OpenClipTeacher, create_open_clip_teacher
 
 FMNIST_CLIP_DIR = Path(__file__).resolve().parent / "weights" / "fmnist-clip"
-FMNIST_CLIP_LICENSE = "Apache-2.0"
-FMNIST_CLIP_DATA_LICENSE = "MIT"
 
 
-@register_teacher("fmnist-clip")
+@register_teacher("fmnist-clip", license="Apache-2.0", license_url="https://www.apache.org/licenses/LICENSE-2.0",
+                  commercial_use=True, note="Trained here on Fashion-MNIST (Zalando Research, MIT licence).")
 def fmnist_clip(arg: None = None, **kwargs: Any) -> OpenClipTeacher:
     """The built-in Fashion-MNIST CLIP (ViT image tower, patch 4 on 28 px; small text tower)."""
     if not (FMNIST_CLIP_DIR / "open_clip_model.safetensors").is_file():
@@ -30,11 +29,8 @@ def fmnist_clip(arg: None = None, **kwargs: Any) -> OpenClipTeacher:
             "`python scripts/train_fmnist_clip.py` from a source checkout (about 20 minutes on 2 CPU cores)."
         )
     kwargs.setdefault("name", "fmnist-clip")
-    kwargs.setdefault("license", FMNIST_CLIP_LICENSE)
     kwargs.setdefault("input_size", 28)
-    teacher = create_open_clip_teacher(f"local-dir:{FMNIST_CLIP_DIR}", **kwargs)
-    teacher.data_license = FMNIST_CLIP_DATA_LICENSE
-    return teacher
+    return create_open_clip_teacher(f"local-dir:{FMNIST_CLIP_DIR}", **kwargs)
 
 
 __all__ = ["FMNIST_CLIP_DIR", "fmnist_clip"]

@@ -8,7 +8,7 @@ or downloaded here: pass the path of ``pytorch_model.bin``, or have it in the lo
 
 Input contract: [0, 1] pixels; resizing to 448 px and OpenAI mean/std normalisation happen inside
 :class:`Teacher`, so CONCH's ``encode_image`` is called on already-normalised pixels. Zero-shot prompts use
-CONCH's ``CLASSNAME`` placeholder (handled by :func:`~robust_student.teachers.prompts.format_prompt`).
+CONCH's ``CLASSNAME`` placeholder (handled by :func:`~robust_student.data.prompts.format_prompt`).
 """
 
 from __future__ import annotations
@@ -86,10 +86,9 @@ def _import_conch() -> tuple[Any, Any, Any]:
 class ConchTeacher(Teacher):
     """CONCH ViT-B/16 (448 px, 512-d) behind the Teacher contract; needs the ``conch`` package and local weights.
 
-    ``license_note`` states the terms distilled students inherit; model cards and Hub uploads should carry it.
+    Its licence (CC-BY-NC-ND 4.0, gated) is declared at registration and carried into every student's
+    provenance; model cards and Hub uploads show it.
     """
-
-    license_note: str = CONCH_LICENSE_NOTE
 
     def __init__(
         self,
@@ -126,6 +125,14 @@ class ConchTeacher(Teacher):
             chunks.append(self.model.encode_text(tokens, normalize=False))
         return torch.cat(chunks)
 
+    def _head_prefixes(self) -> list[str]:
+        """The contrastive image head: attentional pooler, its norm and the projection (what exists of them)."""
+        names = [n for n in ("attn_pool_contrast", "ln_contrast", "proj_contrast", "proj")
+                 if hasattr(self.model.visual, n)]
+        if not names:
+            return super()._head_prefixes()
+        return [f"model.visual.{n}" for n in names]
+
     def _intermediates(self, x: Tensor, indices: int | Sequence[int] | None) -> dict[str, Tensor]:
         """Outputs of the timm ViT trunk's blocks as ``block_{i}`` maps [B, 768, H/16, W/16]."""
         trunk = getattr(getattr(self.model, "visual", None), "trunk", None)
@@ -136,7 +143,8 @@ class ConchTeacher(Teacher):
         return {f"block_{i}": m for i, m in zip(take, maps, strict=True)}
 
 
-@register_teacher("conch", takes_arg="optional", usage="conch[:WEIGHTS]")
+@register_teacher("conch", takes_arg="optional", usage="conch[:WEIGHTS]", license=CONCH_LICENSE,
+                  license_url=f"https://huggingface.co/{CONCH_HF_REPO}", commercial_use=False, note=CONCH_LICENSE_NOTE)
 def _create_conch(arg: str | None, **kwargs: Any) -> ConchTeacher:
     """``conch`` (Hub cache or ``checkpoint=``) or ``conch:/path/to/pytorch_model.bin``."""
     if arg is not None:

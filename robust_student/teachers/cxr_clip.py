@@ -247,7 +247,6 @@ class CxrClipTeacher(Teacher):
     ``DIR/tokenizer`` and then the Hub cache of the name stored in the config.
     """
 
-    license_note: str = CXR_CLIP_LICENSE_NOTE
 
     def __init__(
         self,
@@ -281,6 +280,10 @@ class CxrClipTeacher(Teacher):
     def _encode_image(self, x: Tensor) -> Tensor:
         return self.image_projection(self.image_encoder(x))
 
+    def _head_prefixes(self) -> list[str]:
+        """The image projection head."""
+        return ["image_projection"]
+
     def _encode_text(self, texts: list[str]) -> Tensor:
         device = self.logit_scale.device
         chunks = []
@@ -297,7 +300,9 @@ class CxrClipTeacher(Teacher):
         return {f"block_{i}": stages[i] for i in take_indices(len(stages), indices)}
 
 
-@register_teacher("cxr-clip", takes_arg=True, usage="cxr-clip:DIR")
+@register_teacher("cxr-clip", takes_arg=True, usage="cxr-clip:DIR", license=CXR_CLIP_LICENSE,
+                  license_url="https://github.com/kakaobrain/cxr-clip", commercial_use=False,
+                  note=CXR_CLIP_LICENSE_NOTE)
 def _create_cxr_clip(arg: str, **kwargs: Any) -> CxrClipTeacher:
     """``cxr-clip:DIR`` where DIR was written by ``robust-student convert-cxr-clip``."""
     return CxrClipTeacher(arg, **kwargs)

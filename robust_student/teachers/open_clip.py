@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import register_teacher
-from .base import OPENAI_MEAN, OPENAI_STD, Teacher
+from .base import OPENAI_MEAN, OPENAI_STD, Teacher, TeacherLicense
 
 TEXT_BATCH = 256
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
@@ -85,6 +85,21 @@ class OpenClipTeacher(Teacher):
         ]
         return torch.cat(chunks)
 
+    def _head_prefixes(self) -> list[str]:
+        """The image tower's last block and projection: ViT ``transformer.resblocks[-1]``, ``ln_post``, ``proj``;
+        ModifiedResNet ``attnpool``; a timm trunk's ``head``."""
+        visual = self.model.visual
+        if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
+            last = len(visual.transformer.resblocks) - 1
+            names = [f"transformer.resblocks.{last}", "ln_post", "proj"]
+        elif hasattr(visual, "attnpool"):
+            names = ["attnpool"]
+        elif hasattr(visual, "head"):
+            names = ["head"]
+        else:
+            return super()._head_prefixes()
+        return [f"model.visual.{n}" for n in names if _has_path(visual, n)]
+
     def _intermediates(self, x: Tensor, indices: int | Sequence[int] | None) -> dict[str, Tensor]:
         """Block outputs of open_clip's ``visual.forward_intermediates`` (NCHW maps), keyed ``block_<i>``.
 
@@ -101,6 +116,14 @@ class OpenClipTeacher(Teacher):
         feats = out["image_intermediates"] if isinstance(out, dict) else out
         keys = _block_indices(visual, indices) or list(range(len(feats)))
         return {f"block_{i}": f for i, f in zip(keys, feats)}
+
+
+def _has_path(module: nn.Module, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not hasattr(module, part):
+            return False
+        module = getattr(module, part)
+    return module is not None
 
 
 def _square_size(size: Any, name: str) -> int:
@@ -172,10 +195,10 @@ def load_open_clip(
     pretrained: str | None = None,
     cache_dir: str | None = None,
     **model_kwargs: Any,
-) -> tuple[nn.Module, Any, str]:
+) -> tuple[nn.Module, Any]:
     """Build an open_clip model and tokenizer from a spec (see module docstring) with open_clip's loaders.
 
-    Returns ``(model, tokenizer, license_hint)``. Raises ``ValueError`` for unknown architectures or tags and
+    Returns ``(model, tokenizer)``. Raises ``ValueError`` for unknown architectures or tags and
     ``FileNotFoundError`` (saying how to get them) when the weights are not available locally.
     """
     import open_clip
@@ -184,7 +207,7 @@ def load_open_clip(
     if spec.startswith(("hf-hub:", "local-dir:")):
         if pretrained is not None:
             raise ValueError(f"pretrained={pretrained!r} cannot be combined with {spec!r}, which carries its own weights")
-        model_name, tokenizer_name, license_hint = spec, spec, "unknown (see the model card)"
+        model_name, tokenizer_name = spec, spec
         if spec.startswith("local-dir:"):
             folder = Path(spec[len("local-dir:"):]).expanduser()
             if not (folder / "open_clip_config.json").is_file():
@@ -219,7 +242,6 @@ def load_open_clip(
                 f"{', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'}, or a checkpoint file path"
             )
         model_name, tokenizer_name = arch, arch
-        license_hint = "MIT" if pretrained == "openai" else "unknown (see the model card)"
         model_kwargs["pretrained"] = pretrained
 
     try:
@@ -236,7 +258,7 @@ def load_open_clip(
             f"Weights for open_clip teacher {spec!r} are not in the local Hugging Face cache and {mode}. "
             f"{_how_to_get('open_clip:' + spec)} (open_clip said: {error})"
         ) from error
-    return model, tokenizer, license_hint
+    return model, tokenizer
 
 
 def export_local_dir(model: nn.Module, model_cfg: dict, folder: str | os.PathLike,
@@ -274,14 +296,29 @@ def create_open_clip_teacher(
     device: str | torch.device | None = None,
     **model_kwargs: Any,
 ) -> OpenClipTeacher:
-    """Load an open_clip model from ``spec`` and wrap it as a frozen :class:`OpenClipTeacher`."""
-    model, tokenizer, license_hint = load_open_clip(spec, pretrained=pretrained, cache_dir=cache_dir, **model_kwargs)
-    teacher = OpenClipTeacher(model, tokenizer, name=name or f"open_clip:{spec}", license=license or license_hint,
-                              input_size=input_size, mean=mean, std=std)
+    """Load an open_clip model from ``spec`` and wrap it as a frozen :class:`OpenClipTeacher`.
+
+    ``license`` is recorded when the teacher is built here directly; through :func:`create_teacher` the
+    registry's licence (or a ``license=`` override) is recorded instead.
+    """
+    model, tokenizer = load_open_clip(spec, pretrained=pretrained, cache_dir=cache_dir, **model_kwargs)
+    teacher = OpenClipTeacher(model, tokenizer, name=name or f"open_clip:{spec}",
+                              license=license or open_clip_terms(spec).license, input_size=input_size, mean=mean,
+                              std=std)
     return teacher.to(device) if device is not None else teacher
 
 
-@register_teacher("open_clip", takes_arg=True, usage="open_clip:<arch>/<tag>|hf-hub:<repo>|local-dir:<path>")
+def open_clip_terms(spec: str | None) -> TeacherLicense:
+    """The licence of an open_clip spec when it is known from the spec alone: OpenAI's CLIP weights are MIT;
+    other weights carry their own terms (their model card), recorded as unknown unless ``license=`` is given."""
+    if spec and spec.endswith("/openai"):
+        return TeacherLicense("MIT", "https://github.com/openai/CLIP/blob/main/LICENSE", True)
+    return TeacherLicense(None, None, None, "the weights' own licence applies (see their model card); pass "
+                                            "license=... to record it")
+
+
+@register_teacher("open_clip", takes_arg=True, usage="open_clip:<arch>/<tag>|hf-hub:<repo>|local-dir:<path>",
+                  terms=open_clip_terms)
 def _open_clip(arg: str, **kwargs: Any) -> OpenClipTeacher:
     """Any open_clip model: ``open_clip:<arch>/<tag>``, ``open_clip:hf-hub:org/repo``, ``open_clip:local-dir:/path``."""
     return create_open_clip_teacher(arg, **kwargs)
@@ -291,11 +328,12 @@ def _open_clip(arg: str, **kwargs: Any) -> OpenClipTeacher:
 
 @dataclass(frozen=True)
 class Alias:
-    """A short teacher name for an open_clip spec, with the weights' licence."""
+    """A short teacher name for an open_clip spec, with the weights' licence (all of these allow commercial use)."""
 
     spec: str
     license: str
     description: str
+    license_url: str | None = None
 
 
 ALIASES: dict[str, Alias] = {
@@ -318,14 +356,14 @@ ALIASES: dict[str, Alias] = {
 def _register_alias(alias_name: str, alias: Alias) -> None:
     def factory(arg: None, **kwargs: Any) -> OpenClipTeacher:
         kwargs.setdefault("name", alias_name)
-        kwargs.setdefault("license", alias.license)
         return create_open_clip_teacher(alias.spec, **kwargs)
 
     factory.__doc__ = f"{alias.description} (open_clip:{alias.spec}, licence {alias.license})."
-    register_teacher(alias_name)(factory)
+    register_teacher(alias_name, license=alias.license, license_url=alias.license_url, commercial_use=True)(factory)
 
 
 for _name, _alias in ALIASES.items():
     _register_alias(_name, _alias)
 
-__all__ = ["OpenClipTeacher", "ALIASES", "Alias", "create_open_clip_teacher", "export_local_dir", "load_open_clip"]
+__all__ = ["OpenClipTeacher", "ALIASES", "Alias", "create_open_clip_teacher", "export_local_dir", "load_open_clip",
+           "open_clip_terms"]

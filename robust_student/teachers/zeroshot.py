@@ -1,13 +1,38 @@
-"""Zero-shot top-1 accuracy of a teacher (or any model returning logits) on a labelled dataset."""
+"""Zero-shot classification: the text classifier built from a prompt set, and top-1 accuracy on a dataset."""
 
 from __future__ import annotations
 
 import sys
+from typing import Callable, Sequence
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from ..data.prompts import format_prompt
+
+
+def build_text_classifier(
+    encode_text: Callable[[list[str]], Tensor],
+    classnames: Sequence[str | Sequence[str]],
+    templates: Sequence[str],
+) -> Tensor:
+    """Return the zero-shot classifier [D, C]: per class, mean of normalised prompt embeddings, renormalised."""
+    if not classnames:
+        raise ValueError("classnames is empty")
+    if not templates:
+        raise ValueError("templates is empty")
+    columns = []
+    with torch.no_grad():
+        for synonyms in classnames:
+            synonyms = [synonyms] if isinstance(synonyms, str) else list(synonyms)
+            texts = [format_prompt(t, s) for s in synonyms for t in templates]
+            emb = F.normalize(encode_text(texts).float(), dim=-1).mean(dim=0)
+            columns.append(F.normalize(emb, dim=-1))
+    return torch.stack(columns, dim=1)
+
 
 
 def zero_shot_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
@@ -36,4 +61,4 @@ def zero_shot_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256
     return correct / len(dataset)
 
 
-__all__ = ["zero_shot_accuracy"]
+__all__ = ["build_text_classifier", "zero_shot_accuracy"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .checkpoint import latest_checkpoint, list_checkpoints
-from .trainer import METRICS_FILE, Trainer, TrainResult, build_optimizer, evaluate_clean_and_pgd, lr_factor
+from .checkpoint import latest_checkpoint, latest_intact_checkpoint, list_checkpoints
+from .run_dir import RunFolderError, preflight
+from .trainer import METRICS_FILE, Trainer, TrainResult, build_optimizer, lr_factor, validate
 
-__all__ = ["Trainer", "TrainResult", "build_optimizer", "lr_factor", "evaluate_clean_and_pgd",
-           "latest_checkpoint", "list_checkpoints", "METRICS_FILE"]
+__all__ = ["Trainer", "TrainResult", "build_optimizer", "lr_factor", "validate", "latest_checkpoint",
+           "latest_intact_checkpoint", "list_checkpoints", "preflight", "RunFolderError", "METRICS_FILE"]

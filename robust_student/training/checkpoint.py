@@ -9,16 +9,19 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step_XXXXXXXX/`` holding
 * ``scheduler.json`` — the learning-rate scheduler's state (plain numbers);
 * ``rng_<process>.safetensors`` + ``rng_<process>.json`` — torch CPU/CUDA, numpy and Python RNG states of
   each process;
-* ``trainer.json`` — the data position (epoch, batches consumed in it), the optimiser step and the config.
+* ``trainer.json`` — the data position (epoch, batches consumed in it), the optimiser step and the config;
+* ``manifest.json`` — the sha256 of every other file, written at commit.
 
 It is assembled in a hidden staging folder and moved into place with ``os.replace``, so a run killed at any
-moment leaves either the previous complete checkpoint or the new one, never a torn one. Nothing is unpickled
-on load: tensors come from safetensors, everything else from JSON.
+moment leaves either the previous complete checkpoint or the new one, never a torn one. On resume the newest
+checkpoint whose files still match their manifest is used (a damaged newer one is skipped with a warning that
+names it). Nothing is unpickled on load: tensors come from safetensors, everything else from JSON.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -28,12 +31,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from ..fileio import read_json, read_safetensors, sha256_file, write_json, write_safetensors
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 TRAINER_FILE = "trainer.json"
-FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 2
 _NAME = re.compile(r"^step_(\d+)$")
 
 
@@ -43,18 +50,16 @@ def write_part(directory: Path, name: str, tensors: Mapping[str, Tensor] | None 
                meta: Any = None) -> None:
     """Write ``<name>.safetensors`` (when ``tensors`` is given) and ``<name>.json`` (when ``meta`` is given)."""
     if tensors is not None:
-        # clone: safetensors refuses tensors that share storage (tied weights); CPU copies are cheap here
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
-                  str(directory / f"{name}.safetensors"))
+        write_safetensors(directory / f"{name}.safetensors", tensors)
     if meta is not None:
         (directory / f"{name}.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
 def read_part(directory: Path, name: str) -> tuple[dict[str, Tensor], Any]:
-    """Read what :func:`write_part` wrote: ``(tensors or {}, meta or None)``."""
+    """Read what :func:`write_part` wrote: ``(tensors or {}, meta or None)``; a damaged file names itself."""
     tensor_file, meta_file = directory / f"{name}.safetensors", directory / f"{name}.json"
-    tensors = load_file(str(tensor_file)) if tensor_file.is_file() else {}
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else None
+    tensors = read_safetensors(tensor_file)[0] if tensor_file.is_file() else {}
+    meta = read_json(meta_file, f"checkpoint's {name} state") if meta_file.is_file() else None
     return tensors, meta
 
 
@@ -144,12 +149,52 @@ def staging_dir(output_dir: str | Path, step: int) -> Path:
     return checkpoint_root(output_dir) / f".staging-{checkpoint_name(step)}"
 
 
+def write_manifest(directory: Path) -> dict[str, str]:
+    """Record the sha256 of every file in ``directory`` in ``manifest.json``."""
+    digests = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    write_json(directory / MANIFEST_FILE, {"sha256": digests})
+    return digests
+
+
+def verify(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be trusted (a missing file, a changed sha256, no manifest), or None if intact."""
+    manifest = checkpoint / MANIFEST_FILE
+    if not manifest.is_file():
+        return f"it has no {MANIFEST_FILE}"
+    try:
+        digests = read_json(manifest, "checkpoint manifest")["sha256"]
+    except (ValueError, KeyError, TypeError) as err:
+        return f"its manifest is unreadable ({err})"
+    for name, digest in digests.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its recorded sha256 (truncated or modified)"
+    return None
+
+
+def latest_intact_checkpoint(output_dir: str | Path, *, warn: bool = True) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that passes :func:`verify`, and a note per newer one skipped (logged with ``warn``)."""
+    skipped = []
+    for candidate in reversed(list_checkpoints(output_dir)):
+        problem = verify(candidate)
+        if problem is None:
+            return candidate, skipped
+        skipped.append(f"skipped checkpoint {candidate}: {problem}")
+        if warn:
+            logger.warning("%s; falling back to an older checkpoint", skipped[-1])
+    return None, skipped
+
+
 def commit(staging: Path, keep: int = 2) -> Path:
-    """Atomically publish ``staging`` as its final checkpoint name, then drop all but the newest ``keep``.
+    """Record the files' sha256, atomically publish ``staging`` as its final checkpoint name, then drop all but
+    the newest ``keep``.
 
     An existing checkpoint of the same step (a mid-epoch one superseded by the epoch-end one) is first moved
     aside; in between, the previous checkpoint is still the latest complete one.
     """
+    write_manifest(staging)
     final = staging.with_name(staging.name.removeprefix(".staging-"))
     if final.exists():
         old = final.with_name(f".old-{final.name}")
@@ -175,5 +220,6 @@ def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
 __all__ = [
     "write_part", "read_part", "flatten_optimizer_state", "unflatten_optimizer_state", "capture_rng_state",
     "restore_rng_state", "checkpoint_root", "checkpoint_name", "list_checkpoints", "latest_checkpoint",
-    "staging_dir", "commit", "read_trainer_state", "FORMAT_VERSION", "TRAINER_FILE",
+    "staging_dir", "commit", "read_trainer_state", "write_manifest", "verify", "latest_intact_checkpoint",
+    "FORMAT_VERSION", "TRAINER_FILE", "MANIFEST_FILE",
 ]

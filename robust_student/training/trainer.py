@@ -1,12 +1,13 @@
 """The training loop: one linear accelerate loop shared by every method.
 
-The student, the method (its own parameters and buffers) and any trainable teachers form one ``nn.Module``
-whose ``forward`` calls ``method.loss``; that unit, the optimiser and the data loader go through
-``accelerator.prepare``. Frozen teachers are only moved to the device, never DDP-wrapped. Methods run their
-attacks on the raw student inside that forward. Everything a method does not do lives here: device placement,
-mixed precision, gradient accumulation, the optimiser and its schedule, seeded data order, logging
-(``metrics.jsonl`` + accelerate trackers + a progress bar), per-epoch clean/PGD validation and atomic
-checkpoints from which ``fit(resume=True)`` continues bit for bit.
+The student, the method (its own parameters and buffers, built in ``method.setup``) and any trainable teachers
+form one ``nn.Module`` whose ``forward`` calls ``method.loss``; that unit, the optimiser and the data loader go
+through ``accelerator.prepare``. Frozen teachers are only moved to the device, never DDP-wrapped. Methods run
+their attacks on the raw student inside that forward. Everything a method does not do lives here: which
+teachers train, device placement, mixed precision, gradient accumulation, the optimiser and its schedule,
+seeded data order, logging (``metrics.jsonl`` + accelerate trackers + a progress bar), per-epoch validation
+through the evaluation module, atomic checkpoints from which ``fit(resume=True)`` continues bit for bit, the
+run folder's safety (:mod:`.run_dir`) and the final saved student.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ from typing import Any, Iterator, Mapping
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ..attacks import eval_mode, objectives, pgd, threat_from_config
-from ..config import DistillConfig, TrainConfig, format_eps
-from ..methods.base import Method, TrainState, cached_logits_key
+from ..config import DistillConfig, TrainConfig
+from ..evaluation import evaluate_robustness
+from ..fileio import state_mismatch
+from ..methods.base import Method, TrainState, cached_embedding_key, cached_logits_key
+from ..students.base import Student
+from ..students.io import save_student
+from ..teachers.base import Teacher
 from . import checkpoint as ckpt
+from .run_dir import RunDirectory, check_resumable
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +75,12 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
-class CachedLogits(Dataset):
-    """A dataset whose items also carry frozen teachers' clean logits under ``teacher_logits/<role>``."""
+class CachedTeacherOutputs(Dataset):
+    """A dataset whose items also carry frozen teachers' clean outputs: logits under ``teacher_logits/<role>`` and
+    L2-normalised image embeddings under ``teacher_embedding/<role>``."""
 
-    def __init__(self, dataset: Dataset, logits: Mapping[str, Tensor]) -> None:
-        self.dataset, self.logits = dataset, dict(logits)
+    def __init__(self, dataset: Dataset, logits: Mapping[str, Tensor], embeddings: Mapping[str, Tensor]) -> None:
+        self.dataset, self.logits, self.embeddings = dataset, dict(logits), dict(embeddings)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -81,6 +88,7 @@ class CachedLogits(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self.dataset[index])
         item.update({cached_logits_key(role): logits[index] for role, logits in self.logits.items()})
+        item.update({cached_embedding_key(role): emb[index] for role, emb in self.embeddings.items()})
         return item
 
 
@@ -97,16 +105,14 @@ class _TrainUnit(nn.Module):
                 state: TrainState) -> dict[str, Tensor]:
         return self.method.loss(batch, self.student, {**frozen_teachers, **self.teachers}, state)
 
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+    def param_groups(self, lr: float, teacher_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The student's group, the method's groups, then one group per trainable teacher."""
         groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": lr}]
         groups += self.method.param_groups(lr)
-        for role, teacher in self.teachers.items():
-            params = [p for p in teacher.parameters() if p.requires_grad]
-            if not params:
-                raise ValueError(f"trainable teacher {role!r} has no parameter with requires_grad=True; "
-                                 "unfreeze the part the method trains before fitting")
-            groups.append({"params": params, "lr": lr})
-        return groups
+        for group in teacher_groups:
+            if not group["params"]:
+                raise ValueError("a trainable teacher has no parameter to train")
+        return groups + teacher_groups
 
 
 # -- optimiser and schedule --------------------------------------------------------------------------------
@@ -137,37 +143,69 @@ class Trainer:
     """Fit ``student`` with ``method`` on ``train_set``; validate on ``val_set`` after each epoch.
 
     Args:
-        config: the run's :class:`DistillConfig` (``train`` drives the loop, ``threat`` the validation PGD).
+        config: the run's :class:`DistillConfig` (``train`` drives the loop, ``threat`` and ``train.val_attack``
+            the validation; ``teachers`` says which roles train, see :class:`~robust_student.config.TeacherSpec`).
         student: the model to train (its parameters with ``requires_grad`` are optimised).
-        teachers: one teacher per role in ``method.teacher_roles``; roles in ``method.trainable_teacher_roles``
-            are optimised with the student, all others stay frozen, in eval mode, outside DDP.
-        method: the objective (:class:`Method`).
+        teachers: one teacher per role in ``method.teacher_roles``. A role trains when its spec's ``trainable``
+            is ``"head"`` or ``"all"`` (default: ``"head"`` for ``method.trainable_teacher_roles``): it joins the
+            trainable unit with its own param group and is checkpointed. Every other role is frozen: eval mode,
+            no gradients, outside DDP.
+        method: the objective (:class:`Method`); its :meth:`~Method.setup` runs before the optimiser exists.
         train_set / val_set: map-style datasets of ``{"image", "label"}`` items.
+        save_student_to: where the main process saves the final student in the one saved format (default
+            ``<output_dir>/student``; ``None`` in ``TrainConfig`` terms: pass ``False`` to skip).
     """
 
     def __init__(self, config: DistillConfig, student: nn.Module, teachers: Mapping[str, nn.Module],
-                 method: Method, train_set: Dataset, val_set: Dataset | None = None) -> None:
+                 method: Method, train_set: Dataset, val_set: Dataset | None = None, *,
+                 save_student_to: str | Path | bool | None = None) -> None:
         missing = [role for role in method.teacher_roles if role not in teachers]
         if missing:
             raise ValueError(f"method {method.name!r} needs teacher role(s) {missing}; got {sorted(teachers)}")
         self.config, self.student, self.method = config, student, method
         self.teachers = {role: teachers[role] for role in method.teacher_roles}
         self.train_set, self.val_set = train_set, val_set
+        if save_student_to is None or save_student_to is True:
+            save_student_to = Path(config.train.output_dir) / "student"
+        self.save_student_to = Path(save_student_to) if save_student_to else None
+
+    def trainable_parts(self) -> dict[str, str]:
+        """``{role: "head" | "all"}`` for the roles that train (see :class:`TeacherSpec`); others are frozen."""
+        parts = {}
+        for index, role in enumerate(self.method.teacher_roles):
+            spec = self.config.teacher_spec(role, first_role=index == 0)
+            part = spec.trainable if spec is not None and spec.trainable is not None else None
+            if part is None:
+                part = "head" if role in self.method.trainable_teacher_roles else "none"
+            if part != "none":
+                parts[role] = part
+        return parts
 
     def fit(self, resume: bool = False) -> TrainResult:
-        """Train for ``train.epochs``; with ``resume`` continue from the newest checkpoint in ``output_dir``."""
+        """Train for ``train.epochs``; with ``resume`` continue from the newest intact checkpoint in ``output_dir``.
+
+        The folder is locked for the whole fit; a run already in it is refused unless ``resume`` or
+        ``train.overwrite`` (see :mod:`robust_student.training.run_dir`).
+        """
+        acc = make_accelerator(self.config.train)
+        with RunDirectory(self.config.train.output_dir, resume=resume, overwrite=self.config.train.overwrite,
+                          main_process=acc.is_main_process) as run:
+            return self._fit(acc, run, resume)
+
+    def _fit(self, acc: Accelerator, run: RunDirectory, resume: bool) -> TrainResult:
         cfg = self.config.train
         started = time.perf_counter()
-        acc = make_accelerator(cfg)
         out_dir = Path(cfg.output_dir)
         set_seed(cfg.seed, device_specific=True)  # attack noise etc.; the data order has its own seed
 
-        trainable = {r: t for r, t in self.teachers.items() if r in self.method.trainable_teacher_roles}
-        frozen = {r: t.requires_grad_(False).eval().to(acc.device)
-                  for r, t in self.teachers.items() if r not in trainable}
+        parts = self.trainable_parts()
+        trainable = {r: t for r, t in self.teachers.items() if r in parts}
+        frozen = {r: _freeze(t).to(acc.device) for r, t in self.teachers.items() if r not in parts}
+        teacher_params = {r: _unfreeze(t, parts[r]) for r, t in trainable.items()}
+        self.method.setup(self.student, {**frozen, **trainable})
         train_set = self.train_set
         if cfg.cache_teacher_outputs and frozen:
-            train_set = cache_teacher_logits(train_set, frozen, batch_size=cfg.batch_size, accelerator=acc)
+            train_set = cache_teacher_outputs(train_set, frozen, batch_size=cfg.batch_size, accelerator=acc)
         sampler = EpochSampler(len(train_set), cfg.seed)  # type: ignore[arg-type]
         # Its own generator: iterating a DataLoader draws a base seed, which must not come from (and shift)
         # the global RNG stream that the attacks use, or a resumed run would diverge.
@@ -175,27 +213,25 @@ class Trainer:
                             num_workers=self.config.dataset.num_workers,
                             generator=torch.Generator().manual_seed(cfg.seed))
         unit = _TrainUnit(self.student, self.method, trainable)
-        optimizer = build_optimizer(unit.param_groups(cfg.lr), cfg)
+        optimizer = build_optimizer(unit.param_groups(cfg.lr, self._teacher_groups(teacher_params)), cfg)
         unit, optimizer, loader = acc.prepare(unit, optimizer, loader)
         # The schedule counts this process's optimiser steps and is stepped by hand: a prepared scheduler
         # would step num_processes times per step, which only suits schedules defined on the unsharded loader.
         steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
         scheduler = LambdaLR(optimizer.optimizer, partial(lr_factor, cfg=cfg, steps_per_epoch=steps_per_epoch))
         raw_unit: _TrainUnit = acc.unwrap_model(unit)
-        val_loader = self._val_loader(acc)
 
         start_epoch, start_batch, step = 0, 0, 0
         history: list[dict[str, Any]] = []
-        latest = ckpt.latest_checkpoint(out_dir) if resume else None
+        latest = ckpt.latest_intact_checkpoint(out_dir)[0] if resume else None
         if latest is not None:
+            check_resumable(latest, self.config.to_dict())
             position = load_checkpoint(latest, acc, raw_unit, optimizer, scheduler)
             start_epoch, start_batch, step = position["epoch"], position["batch"], position["step"]
             history = position.get("history", [])
             logger.info("resuming from %s (epoch %d, batch %d, step %d)", latest, start_epoch, start_batch, step)
-        elif acc.is_main_process:
-            if resume:
-                logger.info("no checkpoint in %s; starting from scratch", out_dir)
-            _clear_run(out_dir)
+        elif resume:
+            logger.info("no checkpoint in %s; starting from scratch", out_dir)
         acc.wait_for_everyone()
         metrics = _MetricsLog(out_dir / METRICS_FILE, acc, keep_until=(step, start_epoch) if latest else None)
         if cfg.log_with:
@@ -236,7 +272,7 @@ class Trainer:
                     metrics.write({"kind": "train", "epoch": epoch, "step": step,
                                    "lr": scheduler.get_last_lr()[0], **record}, acc)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    self._save(acc, raw_unit, optimizer, scheduler, epoch, batch_index + 1, step, history)
+                    self._save(acc, raw_unit, optimizer, scheduler, epoch, batch_index + 1, step, history, run)
             bar.close()
             if acc.num_processes > 1:
                 # DDP syncs parameters, but each replica updated its BN running stats on its own shard since
@@ -247,33 +283,57 @@ class Trainer:
             raw_unit.method.on_epoch_end(TrainState(step=step, epoch=epoch, total_steps=total_steps,
                                                     total_epochs=cfg.epochs))
             last = epoch + 1 == cfg.epochs
-            if val_loader is not None and cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
-                record = {"kind": "eval", "epoch": epoch, "step": step,
-                          **evaluate_clean_and_pgd(raw_unit.student, val_loader, self.config, acc)}
+            if self._validates() and cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
+                # The main process validates; every process keeps the same record in its history.
+                found = [validate(raw_unit.student, self.val_set, self.config, acc.device)
+                         if acc.is_main_process else None]
+                record = {"kind": "eval", "epoch": epoch, "step": step, **broadcast_object_list(found)[0]}
                 history.append(record)
                 metrics.write(record, acc)
                 logger.info("epoch %d: clean %.4f, %s %.4f", epoch + 1, record["val_clean_acc"],
-                            record["val_attack"], record["val_pgd_acc"])
-            self._save(acc, raw_unit, optimizer, scheduler, epoch + 1, 0, step, history)
+                            record["val_attack"], record["val_robust_acc"])
+            self._save(acc, raw_unit, optimizer, scheduler, epoch + 1, 0, step, history, run)
 
         acc.wait_for_everyone()
         if cfg.log_with:
             acc.end_training()
         student = raw_unit.student.eval()
+        if acc.is_main_process and self.save_student_to is not None and isinstance(student, Student):
+            save_student(student, self.save_student_to, teachers=self._provenance(),
+                         run={"method": self.method.name, "threat": self.config.threat.to_dict(),
+                              "config": self.config.to_dict(), "history": history})
+        acc.wait_for_everyone()
         return TrainResult(student=student, history=history, output_dir=str(out_dir), steps=step,
                            seconds=time.perf_counter() - started)
 
     # -- helpers -----------------------------------------------------------------------------------------
-    def _val_loader(self, acc: Accelerator) -> DataLoader | None:
-        cfg = self.config.train
-        if self.val_set is None or cfg.eval_examples <= 0:
-            return None
-        n = min(cfg.eval_examples, len(self.val_set))  # type: ignore[arg-type]
-        subset = torch.utils.data.Subset(self.val_set, range(n))
-        return acc.prepare(DataLoader(subset, batch_size=cfg.batch_size, shuffle=False))
+    def _validates(self) -> bool:
+        return self.val_set is not None and self.config.train.eval_examples > 0 and len(self.val_set) > 0
+
+    def _teacher_groups(self, params: Mapping[str, list[nn.Parameter]]) -> list[dict[str, Any]]:
+        """One optimiser group per trainable teacher: the method's options for it, then the spec's lr."""
+        groups = []
+        for index, role in enumerate(self.method.teacher_roles):
+            if role not in params:
+                continue
+            spec = self.config.teacher_spec(role, first_role=index == 0)
+            options = {"lr": self.config.train.lr, **self.method.teacher_optimizer_options(role)}
+            if spec is not None and spec.lr is not None:
+                options["lr"] = spec.lr
+            groups.append({"params": params[role], **options})
+        return groups
+
+    def _provenance(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for role, teacher in self.teachers.items():
+            provenance = getattr(teacher, "provenance", None)
+            out[role] = {"role": role, **(provenance.to_dict() if provenance is not None else
+                                          {"spec": type(teacher).__name__})}
+            out[role]["trained"] = self.trainable_parts().get(role, "none")
+        return out
 
     def _save(self, acc: Accelerator, unit: "_TrainUnit", optimizer: Any, scheduler: LambdaLR, epoch: int,
-              batch: int, step: int, history: list[dict[str, Any]]) -> None:
+              batch: int, step: int, history: list[dict[str, Any]], run: RunDirectory) -> None:
         """Write an atomic checkpoint: every process its RNG state, the main process everything else."""
         out_dir = Path(self.config.train.output_dir)
         staging = ckpt.staging_dir(out_dir, step)
@@ -293,7 +353,25 @@ class Trainer:
                 "num_processes": acc.num_processes, "history": history, "config": self.config.to_dict(),
             })
             ckpt.commit(staging)
+            run.committed()
         acc.wait_for_everyone()
+
+
+def _freeze(teacher: nn.Module) -> nn.Module:
+    """A frozen role: no parameter trains, eval mode."""
+    if isinstance(teacher, Teacher):
+        return teacher.freeze()
+    return teacher.requires_grad_(False).eval()
+
+
+def _unfreeze(teacher: nn.Module, part: str) -> list[nn.Parameter]:
+    """A trainable role: unfreeze ``part`` and return its parameters."""
+    if isinstance(teacher, Teacher):
+        return teacher.make_trainable(part)
+    if part != "all":
+        raise ValueError(f"{type(teacher).__name__} is not a Teacher, so it has no declared head: use "
+                         "trainable='all'")
+    return [p.requires_grad_(True) for p in teacher.parameters()]
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -310,6 +388,9 @@ def load_checkpoint(path: Path, acc: Accelerator, unit: nn.Module, optimizer: An
     """Restore unit, optimiser, scheduler and this process's RNG from ``path``; return ``trainer.json``."""
     position = ckpt.read_trainer_state(path)
     model_state, _ = ckpt.read_part(path, "model")
+    mismatch = state_mismatch(unit.state_dict(), model_state)
+    if mismatch is not None:
+        raise ValueError(f"{path} does not fit this run's student/method/teachers: {mismatch}")
     unit.load_state_dict(model_state, strict=True)
     optimizer.load_state_dict(ckpt.unflatten_optimizer_state(*ckpt.read_part(path, "optimizer")))
     _, sched_state = ckpt.read_part(path, "scheduler")
@@ -322,9 +403,9 @@ def load_checkpoint(path: Path, acc: Accelerator, unit: nn.Module, optimizer: An
     return position
 
 
-def cache_teacher_logits(dataset: Dataset, teachers: Mapping[str, nn.Module], *, batch_size: int,
-                         accelerator: Accelerator) -> CachedLogits:
-    """Run each frozen teacher once over ``dataset`` and attach its clean logits to every item.
+def cache_teacher_outputs(dataset: Dataset, teachers: Mapping[str, nn.Module], *, batch_size: int,
+                          accelerator: Accelerator) -> CachedTeacherOutputs:
+    """Run each frozen teacher once over ``dataset`` and attach its clean logits and embeddings to every item.
 
     Valid only for a deterministic data pipeline (the same index always yields the same image), which is
     checked on the first item; the built-in datasets apply no random augmentation.
@@ -335,42 +416,33 @@ def cache_teacher_logits(dataset: Dataset, teachers: Mapping[str, nn.Module], *,
                          "returned two different images (random augmentation?); set it to false")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     logits: dict[str, list[Tensor]] = {role: [] for role in teachers}
+    embeddings: dict[str, list[Tensor]] = {role: [] for role in teachers if isinstance(teachers[role], Teacher)}
     with torch.no_grad(), accelerator.autocast():
         for batch in tqdm(loader, desc="caching teacher outputs", disable=not accelerator.is_local_main_process,
                           leave=False):
             x = batch["image"].to(accelerator.device)
             for role, teacher in teachers.items():
-                logits[role].append(teacher(x).float().cpu())
-    return CachedLogits(dataset, {role: torch.cat(parts) for role, parts in logits.items()})
+                if role in embeddings:
+                    embedding = teacher.encode_image(x)
+                    embeddings[role].append(embedding.float().cpu())
+                    logits[role].append(teacher.classify(embedding).float().cpu())
+                else:
+                    logits[role].append(teacher(x).float().cpu())
+    return CachedTeacherOutputs(dataset, {role: torch.cat(parts) for role, parts in logits.items()},
+                                {role: torch.cat(parts) for role, parts in embeddings.items()})
 
 
-def evaluate_clean_and_pgd(student: nn.Module, loader: DataLoader, config: DistillConfig,
-                           acc: Accelerator) -> dict[str, Any]:
-    """Clean and PGD accuracy with the run's threat (uniform random start), in eval mode, with a fixed seed.
-
-    The seed is forked so validation neither depends on nor disturbs the training RNG stream.
-    """
-    threat_cfg = config.threat
-    threat = threat_from_config(threat_cfg)
-    correct = torch.zeros(2, device=acc.device)
-    seen = 0
-    devices = [acc.device.index or 0] if acc.device.type == "cuda" else []
-    with eval_mode(student), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.eval.seed)
-        for batch in loader:
-            x, y = batch["image"], batch["label"]
-            with torch.no_grad():
-                clean = student(x).argmax(1) == y
-            x_adv = pgd(objectives.ce(student, y), x, threat, steps=threat_cfg.steps,
-                        step_size=threat_cfg.step_size, random_start="uniform")
-            with torch.no_grad():
-                robust = student(x_adv).argmax(1) == y
-            clean, robust = acc.gather_for_metrics((clean, robust))
-            correct += torch.stack([clean.sum(), robust.sum()]).float()
-            seen += int(clean.numel())
-    clean_acc, pgd_acc = (correct / max(1, seen)).tolist()
-    attack = f"pgd{threat_cfg.steps} {threat_cfg.norm} eps={format_eps(threat_cfg.eps)}"
-    return {"val_clean_acc": clean_acc, "val_pgd_acc": pgd_acc, "val_attack": attack, "val_examples": seen}
+def validate(student: nn.Module, val_set: Dataset, config: DistillConfig,
+             device: torch.device | str | None = None) -> dict[str, Any]:
+    """Clean and robust accuracy on ``train.eval_examples`` validation images, through the evaluation module:
+    ``train.val_attack`` at the run's threat, seeded by ``eval.seed`` (the training RNG stream is untouched)."""
+    cfg = config.train
+    n = min(cfg.eval_examples, len(val_set))  # type: ignore[arg-type]
+    report = evaluate_robustness(student, val_set, attacks=["clean", cfg.val_attack], threat=config.threat,
+                                 n_examples=n, batch_size=cfg.batch_size, seed=config.eval.seed, checks=False,
+                                 device=device, progress=False)
+    return {"val_clean_acc": report.clean_accuracy, "val_robust_acc": report.robust_accuracy[cfg.val_attack],
+            "val_attack": f"{cfg.val_attack} {report.threat} eps={report.eps_text}", "val_examples": report.n_examples}
 
 
 # -- logging -----------------------------------------------------------------------------------------------
@@ -409,15 +481,6 @@ def _mean_terms(acc: Accelerator, running: Mapping[str, Tensor], count: int) -> 
     return dict(zip(keys, values.tolist()))
 
 
-def _clear_run(out_dir: Path) -> None:
-    """A fresh run must not leave an earlier run's checkpoints for a later ``resume`` to pick up."""
-    root = ckpt.checkpoint_root(out_dir)
-    if root.exists():
-        logger.info("fresh run: removing earlier checkpoints in %s", root)
-        shutil.rmtree(root)
-    (out_dir / METRICS_FILE).unlink(missing_ok=True)
-
-
 def _flat_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested config -> ``{"train.lr": 0.1, ...}`` with scalar values, as trackers expect."""
     flat: dict[str, Any] = {}
@@ -430,6 +493,5 @@ def _flat_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-__all__ = ["Trainer", "TrainResult", "EpochSampler", "CachedLogits", "build_optimizer", "lr_factor",
-           "make_accelerator", "load_checkpoint", "cache_teacher_logits", "evaluate_clean_and_pgd",
-           "METRICS_FILE"]
+__all__ = ["Trainer", "TrainResult", "EpochSampler", "CachedTeacherOutputs", "build_optimizer", "lr_factor",
+           "make_accelerator", "load_checkpoint", "cache_teacher_outputs", "validate", "METRICS_FILE"]

@@ -1,4 +1,4 @@
-"""Zero-shot prompt sets and the text-classifier builder.
+"""Zero-shot prompt sets: dataset metadata that says how each label is phrased for a text encoder.
 
 A :class:`PromptSet` maps a dataset's label names (folder names such as ``TUM``, CSV values such as ``1``)
 to class names a text encoder understands, plus templates. Templates may use ``{}`` (open_clip style) or
@@ -8,11 +8,7 @@ the literal ``CLASSNAME`` (CONCH style). A class may have several synonyms; thei
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import Sequence
 
 from ..registry import Registry
 
@@ -61,26 +57,6 @@ def format_prompt(template: str, classname: str) -> str:
     if "{}" in template:
         return template.format(classname)
     raise ValueError(f"Template {template!r} has no '{{}}' or 'CLASSNAME' placeholder")
-
-
-def build_text_classifier(
-    encode_text: Callable[[list[str]], Tensor],
-    classnames: Sequence[str | Sequence[str]],
-    templates: Sequence[str],
-) -> Tensor:
-    """Return the zero-shot classifier [D, C]: per class, mean of normalised prompt embeddings, renormalised."""
-    if not classnames:
-        raise ValueError("classnames is empty")
-    if not templates:
-        raise ValueError("templates is empty")
-    columns = []
-    with torch.no_grad():
-        for synonyms in classnames:
-            synonyms = [synonyms] if isinstance(synonyms, str) else list(synonyms)
-            texts = [format_prompt(t, s) for s in synonyms for t in templates]
-            emb = F.normalize(encode_text(texts).float(), dim=-1).mean(dim=0)
-            columns.append(F.normalize(emb, dim=-1))
-    return torch.stack(columns, dim=1)
 
 
 # -- built-in prompt sets -------------------------------------------------------------------------------
