@@ -195,7 +195,7 @@ def _check_same_size(images: Sequence[Tensor], data: Any, indices: Tensor) -> No
 
 def _subset(total: int, n: int, seed: int) -> tuple[Tensor, str]:
     if total == 0:
-        raise ValueError("data has no examples")
+        raise ValueError("the data has no examples (an empty split?)")
     if n >= total:
         return torch.arange(total), f"all {total}"
     order = np.sort(np.random.default_rng(seed).permutation(total)[:n])

@@ -92,7 +92,7 @@ def state_mismatch(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) 
     if unexpected:
         examples.append(f"unexpected {_some(unexpected)}")
     if shapes:
-        counts.append(f"{len(shapes)} of other shapes")
+        counts.append(f"{len(shapes)} of another shape")
         examples.append("shape " + ", ".join(f"{k} {list(found[k].shape)} (model {list(expected[k].shape)})"
                                              for k in shapes[:SHOW_KEYS]))
     return f"{', '.join(counts)}, e.g. {'; '.join(examples)}"

@@ -52,6 +52,9 @@ class TinyTeacher(Teacher):
     def _intermediates(self, x, indices):
         return {"conv1": self.image_tower[:2](x), "conv2": self.image_tower[:4](x)}
 
+    def _head_prefixes(self) -> list[str]:
+        return ["image_tower.6"]  # the projection into the embedding space
+
 
 CLASSNAMES = ["apple", "boat", "cat"]
 
