@@ -225,14 +225,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
+def require_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ConfigError(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def _at_least(key: str, value: float | None, low: float) -> None:
+def require_at_least(key: str, value: float | None, low: float) -> None:
+    """Raise :class:`ConfigError` if ``value`` (None passes) is below ``low``."""
     if value is not None and value < low:
         raise ConfigError(key, f"must be >= {low:g}, got {value!r}")
+
+
+def require_positive(key: str, value: float) -> None:
+    """Raise :class:`ConfigError` unless ``value > 0``."""
+    if not value > 0:
+        raise ConfigError(key, f"must be > 0, got {value!r}")
+
+
+def require_between(key: str, value: float, low: float, high: float) -> None:
+    """Raise :class:`ConfigError` unless ``low <= value <= high``."""
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be in [{low:g}, {high:g}], got {value!r}")
+
+
 
 
 # -- the sections -----------------------------------------------------------------------------------------------
@@ -250,7 +266,7 @@ class ThreatConfig(ConfigBase):
 
     def validate(self) -> None:
         self.norm = self.norm.lower()
-        _choice("norm", self.norm, NORMS)
+        require_choice("norm", self.norm, NORMS)
         check_radius(self.norm, self.eps)
 
 
@@ -272,11 +288,11 @@ class AttackConfig(ConfigBase):
     student_mode: str | None = None
 
     def validate(self) -> None:
-        _at_least("steps", self.steps, 0)
-        _at_least("step_size", self.step_size, 0)
-        _at_least("init_std", self.init_std, 0)
-        _choice("random_start", self.random_start, ("normal", "uniform", "none"))
-        _choice("student_mode", self.student_mode, (None, "eval", "train"))
+        require_at_least("steps", self.steps, 0)
+        require_at_least("step_size", self.step_size, 0)
+        require_at_least("init_std", self.init_std, 0)
+        require_choice("random_start", self.random_start, ("normal", "uniform", "none"))
+        require_choice("student_mode", self.student_mode, (None, "eval", "train"))
 
 
 @dataclass
@@ -299,9 +315,9 @@ class DataConfig(ConfigBase):
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("name", "must name a dataset, e.g. 'fashion-mnist' or 'imagefolder:/data/x'")
-        _at_least("image_size", self.image_size, 1)
-        _at_least("num_workers", self.num_workers, 0)
-        _at_least("max_train_examples", self.max_train_examples, 1)
+        require_at_least("image_size", self.image_size, 1)
+        require_at_least("num_workers", self.num_workers, 0)
+        require_at_least("max_train_examples", self.max_train_examples, 1)
 
     @classmethod
     def coerce(cls, value: Any) -> "DataConfig":
@@ -347,14 +363,14 @@ class TrainConfig(ConfigBase):
     log_with: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        _choice("optimizer", self.optimizer, ("sgd", "adamw"))
-        _choice("scheduler", self.scheduler, ("cosine", "step", "constant"))
-        _choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        require_choice("optimizer", self.optimizer, ("sgd", "adamw"))
+        require_choice("scheduler", self.scheduler, ("cosine", "step", "constant"))
+        require_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         for key in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
-            _at_least(key, getattr(self, key), 1)
+            require_at_least(key, getattr(self, key), 1)
         for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "eval_every", "eval_examples",
                     "checkpoint_every", "gamma"):
-            _at_least(key, getattr(self, key), 0)
+            require_at_least(key, getattr(self, key), 0)
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError("grad_clip", f"must be > 0 (or null for no clipping), got {self.grad_clip!r}")
         if not self.output_dir:
@@ -375,16 +391,16 @@ class EvalConfig(ConfigBase):
 
     def validate(self) -> None:
         self.norm = self.norm.lower()
-        _choice("norm", self.norm, NORMS)
+        require_choice("norm", self.norm, NORMS)
         check_radius(self.norm, self.eps)
         if self.eps == 0 and any(a != "clean" for a in self.attacks):
             raise ConfigError("eps", "is 0, which turns every attack into clean accuracy; set eps > 0 "
                                      "(an eps curve's 0 point is clean accuracy)")
         if not self.attacks:
             raise ConfigError("attacks", "is empty; name at least one attack, e.g. ['clean', 'pgd20']")
-        _at_least("n_examples", self.n_examples, 1)
-        _at_least("batch_size", self.batch_size, 1)
-        _choice("split", self.split, SPLITS)
+        require_at_least("n_examples", self.n_examples, 1)
+        require_at_least("batch_size", self.batch_size, 1)
+        require_choice("split", self.split, SPLITS)
 
     @property
     def threat(self) -> ThreatConfig:
@@ -409,8 +425,8 @@ class TeacherSpec(ConfigBase):
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("name", "must name a teacher")
-        _choice("trainable", self.trainable, (None, *TRAINABLE))
-        _at_least("lr", self.lr, 0)
+        require_choice("trainable", self.trainable, (None, *TRAINABLE))
+        require_at_least("lr", self.lr, 0)
 
     @classmethod
     def coerce(cls, value: Any) -> "TeacherSpec":
@@ -519,5 +535,5 @@ def _split_override(text: str) -> tuple[str, Any]:
 
 
 __all__ = ["ConfigBase", "ConfigError", "ThreatConfig", "AttackConfig", "DataConfig", "TrainConfig", "EvalConfig",
-           "TeacherSpec", "DistillConfig", "parse_number", "check_radius", "coerce_value", "NORMS", "SPLITS",
-           "TRAINABLE"]
+           "TeacherSpec", "DistillConfig", "parse_number", "check_radius", "coerce_value", "require_choice",
+           "require_at_least", "require_positive", "require_between", "NORMS", "SPLITS", "TRAINABLE"]

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..config import require_between
 from ..losses import check_reduction, kl_div, soft_targets
 from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, no_grad_outputs, register_method
 
@@ -38,8 +38,7 @@ class AdaADConfig(MethodConfig):
 
     def validate(self) -> None:
         check_reduction(self.reduction)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError("alpha", f"must be in [0, 1], got {self.alpha!r}")
+        require_between("alpha", self.alpha, 0.0, 1.0)
 
 
 def teacher_student_kl(teacher: nn.Module, student: nn.Module) -> Callable[[Tensor], Tensor]:

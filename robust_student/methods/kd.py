@@ -16,7 +16,7 @@ from typing import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..config import require_between, require_positive
 from ..losses import check_reduction, kl_div, soft_targets
 from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
 
@@ -37,10 +37,8 @@ class KDConfig(MethodConfig):
 
     def validate(self) -> None:
         check_reduction(self.reduction)
-        if self.temperature <= 0:
-            raise ConfigError("temperature", f"must be > 0, got {self.temperature!r}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError("alpha", f"must be in [0, 1], got {self.alpha!r}")
+        require_positive("temperature", self.temperature)
+        require_between("alpha", self.alpha, 0.0, 1.0)
 
 
 @register_method("kd")

@@ -18,7 +18,7 @@ from typing import Mapping
 from torch import Tensor, nn
 
 from ..attacks import objectives
-from ..config import ConfigError
+from ..config import require_between
 from ..losses import check_reduction, kl_div, soft_targets
 from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
 
@@ -37,8 +37,7 @@ class RSLADConfig(MethodConfig):
 
     def validate(self) -> None:
         check_reduction(self.reduction)
-        if not 0.0 <= self.adv_weight <= 1.0:
-            raise ConfigError("adv_weight", f"must be in [0, 1], got {self.adv_weight!r}")
+        require_between("adv_weight", self.adv_weight, 0.0, 1.0)
 
 
 @register_method("rslad")
