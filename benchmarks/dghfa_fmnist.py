@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from robust_student import RobustDistiller, ThreatConfig, __version__
-from robust_student.config import DataConfig, format_eps
+from robust_student.config import DataConfig
+from robust_student.formatting import format_eps
 from robust_student.methods.dghfa import ABLATIONS
 
 RESULTS = Path(__file__).resolve().parent / "results"

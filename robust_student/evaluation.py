@@ -368,8 +368,8 @@ def evaluate_robustness(
             correct[name] = robust_correct(attack, model, x, y, threat, batch_size=batch_size, seed=seed,
                                            device=device, attack_only=clean, on_batch=lambda: bar.update())
             seconds[name] = round(time.perf_counter() - start, 3)
-            logger.info("%s: robust accuracy %.2f %% (%s, %d examples, %.1f s)", name,
-                        100 * correct[name].float().mean().item(), threat, n, seconds[name])
+            logger.info("%s: robust accuracy %s (%s, %d examples, %.1f s)", name,
+                        format_percent(correct[name].float().mean().item()), threat, n, seconds[name])
         robust_accuracy = {name: c.float().mean().item() for name, c in correct.items()}
         check_results: list[dict[str, Any]] = []
         sweep: dict[str, Any] = {}
