@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -218,6 +219,23 @@ def test_resume_skips_a_damaged_checkpoint_and_reproduces_the_run(tmp_path, capl
     assert resumed.steps == full.steps == 8
     for (name, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_resume_refuses_a_run_with_nothing_intact_to_continue(finished_run):
+    for checkpoint in ckpt.list_checkpoints(finished_run):
+        weights = checkpoint / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    before = _digests(finished_run)
+    with pytest.raises(RunFolderError) as info:
+        _fit(_config(finished_run), resume=True)
+    message = str(info.value)
+    assert message.startswith(f"nothing to resume in {finished_run} (checkpoint step_00000004, metrics.jsonl, "
+                              "student/): skipped checkpoint ") and "--overwrite" in message
+    assert _digests(finished_run) == before
+    for checkpoint in ckpt.list_checkpoints(finished_run):  # a finished run whose checkpoints were pruned
+        shutil.rmtree(checkpoint)
+    with pytest.raises(RunFolderError, match=r"\(metrics.jsonl, student/\): it has no checkpoint"):
+        _fit(_config(finished_run), resume=True)
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_says_so_in_one_line(finished_run, tmp_path):

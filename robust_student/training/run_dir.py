@@ -7,7 +7,8 @@
 * While a fit runs it holds an exclusive ``fcntl.flock`` on ``.robust_student.lock`` in the folder, so a second
   fit into the same folder refuses at once, naming the holder's pid.
 * A resumed run's config must match the checkpoint's, except :data:`RESUMABLE_KEYS` (extending ``train.epochs``,
-  logging and validation options).
+  logging and validation options). Resuming a folder that holds a run but no intact checkpoint is refused
+  (nothing could continue it); resuming an empty folder starts a run.
 * :func:`preflight` runs every check that needs no data (a file in the way, an unwritable folder, a run in the
   way, a live lock, a config that cannot resume), so a fit refuses before any data or teacher loads.
 
@@ -125,10 +126,6 @@ def _try_lock(folder: Path) -> int | None:
     return fd
 
 
-def _newest_intact(folder: Path) -> Path | None:
-    return ckpt.latest_intact_checkpoint(folder, warn=False)[0]
-
-
 def preflight(folder: str | Path, *, resume: bool, overwrite: bool, config: Mapping[str, Any] | None = None) -> None:
     """Every check of the run folder that needs no data: raise :class:`RunFolderError` (one line, what to do)."""
     folder = Path(folder)
@@ -146,8 +143,14 @@ def _check_run_in_the_way(folder: Path, *, resume: bool, overwrite: bool, config
     if contents and not resume and not overwrite:
         raise RunFolderError(f"{folder} holds a run ({', '.join(contents)}): pass --resume to continue it or "
                              "--overwrite (train.overwrite=true) to replace it, or choose another train.output_dir")
-    latest = _newest_intact(folder) if resume else None
-    if latest is not None and config is not None:
+    if not resume or not contents or overwrite:
+        return
+    latest, skipped = ckpt.latest_intact_checkpoint(folder, warn=False)
+    if latest is None:
+        why = "; ".join(skipped) if skipped else "it has no checkpoint"
+        raise RunFolderError(f"nothing to resume in {folder} ({', '.join(contents)}): {why}. Pass --overwrite "
+                             "(train.overwrite=true) to start over, or choose another train.output_dir")
+    if config is not None:
         check_resumable(latest, config)
 
 
@@ -181,7 +184,7 @@ class RunDirectory:
         try:
             self._settle_interrupted_overwrite()
             _check_run_in_the_way(self.folder, resume=self.resume, overwrite=self.overwrite, config=None)
-            if run_contents(self.folder) and (self.overwrite or _newest_intact(self.folder) is None):
+            if run_contents(self.folder) and self.overwrite:
                 self._move_aside()
         except BaseException:
             self._unlock()
