@@ -263,7 +263,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 terms = describe_teacher(name)
                 commercial = {True: "commercial use allowed", False: "non-commercial", None: "terms: see weights"}
                 extra = f" [{terms['license'] or 'licence per weights'}; {commercial[terms['commercial_use']]}]"
-            print(f"  {info['usage']:<28} {info['summary']}{extra}".rstrip())
+            summary = info["summary"].replace("``", "")
+            print(f"  {info['usage']:<28} {summary}{extra}".rstrip())
     if args.what in ("all", "recipes"):
         print("recipes:")
         for name in list_recipes():

@@ -167,16 +167,19 @@ def register_attack(name: str, *, takes_arg: bool | str = False, usage: str | No
 
 @register_attack("clean")
 def _clean(arg: None) -> EvalAttack:
+    """No attack: clean accuracy."""
     return Clean()
 
 
 @register_attack("fgsm")
 def _fgsm(arg: None) -> EvalAttack:
+    """FGSM: one signed-gradient step of size eps on CE."""
     return FGSM()
 
 
 @register_attack("pgd20")
 def _pgd20(arg: None, step_size: float | None = None) -> EvalAttack:
+    """PGD-20 on CE, step eps/4, uniform random start (the literature's PGD-20)."""
     return PGD("pgd20", steps=20, objective="ce", step_size=step_size)
 
 
@@ -190,17 +193,20 @@ def _pgd_steps(arg: str, step_size: float | None = None) -> EvalAttack:
 
 @register_attack("cw20")
 def _cw20(arg: None, kappa: float = 50.0, step_size: float | None = None) -> EvalAttack:
+    """CW-inf-20: the Carlini-Wagner margin loss (kappa 50) inside PGD-20."""
     return PGD("cw20", steps=20, objective="cw", kappa=kappa, step_size=step_size)
 
 
 @register_attack("autoattack")
 def _autoattack(arg: None, square_queries: int = STANDARD_SQUARE_QUERIES, batch_size: int = 256) -> EvalAttack:
+    """AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) via pyautoattack."""
     return AutoAttackEval(square_queries=square_queries, batch_size=batch_size)
 
 
 @register_attack("square", takes_arg="optional", usage="square[:QUERIES]")
 def _square(arg: str | None, n_queries: int | None = None, p_init: float = 0.8,
             input_format: str = "auto") -> EvalAttack:
+    """Square Attack, score-based black box (default 5000 queries)."""
     if arg is not None:
         if not arg.isdigit() or int(arg) < 1:
             raise ValueError(f"square:QUERIES needs a positive integer query budget, got {arg!r}")

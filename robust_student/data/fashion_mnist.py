@@ -99,6 +99,7 @@ def _load_arrays(root: str, official_split: str) -> tuple[Tensor, Tensor]:
 @register_dataset("fashion-mnist", takes_arg="optional", usage="fashion-mnist[:DIR]")
 def fashion_mnist(root: str | None, *, split: str, image_size: int | None = None, seed: int = 0,
                   prompts=None, **_: object) -> FashionMNIST:
+    """Fashion-MNIST (10 clothing classes, 28 px grayscale) from the Debian package or DIR; 55k/5k/10k splits."""
     base = find_root(root)
     if split == "test":
         images, targets = _load_arrays(str(base), "test")

@@ -358,7 +358,7 @@ def _register_alias(alias_name: str, alias: Alias) -> None:
         kwargs.setdefault("name", alias_name)
         return create_open_clip_teacher(alias.spec, **kwargs)
 
-    factory.__doc__ = f"{alias.description} (open_clip:{alias.spec}, licence {alias.license})."
+    factory.__doc__ = f"{alias.description} (open_clip:{alias.spec})."
     register_teacher(alias_name, license=alias.license, license_url=alias.license_url, commercial_use=True)(factory)
 
 
