@@ -209,3 +209,13 @@ def test_cached_teacher_logits_replace_the_teacher_call(name, tiny_student, tiny
     with_cache = {**batch, cached_logits_key("teacher"): cached}
     got = make(name, tiny_student).loss(with_cache, tiny_student.eval(), {"teacher": Exploding()}, TrainState())
     torch.testing.assert_close(got["loss"], reference["loss"])
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_declares_the_paper_it_implements(name):
+    from robust_student.methods import method_paper
+
+    paper = method_paper(name)
+    assert paper is not None and paper.title and paper.authors and paper.year >= 2014
+    entry = paper.bibtex("key")
+    assert entry.startswith(("@inproceedings{key,", "@misc{key,")) and paper.title in entry

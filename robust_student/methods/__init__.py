@@ -5,10 +5,11 @@ Importing this package registers every built-in method (each module registers it
 
 from __future__ import annotations
 
-from .base import METHODS, Batch, Method, MethodConfig, TrainState, create_method, list_methods, register_method
+from .base import (METHODS, Batch, Method, MethodConfig, Paper, TrainState, create_method, list_methods, method_paper,
+                   register_method)
 
 # Each method module registers itself on import (a new method adds its module here).
 from . import adaad, ard, dghfa, kd, pgd_at, rslad, trades  # noqa: E402,F401  (baselines, then DGHFA)
 
-__all__ = ["METHODS", "Batch", "Method", "MethodConfig", "TrainState", "create_method", "list_methods",
-           "register_method"]
+__all__ = ["METHODS", "Batch", "Method", "MethodConfig", "Paper", "TrainState", "create_method", "list_methods",
+           "method_paper", "register_method"]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..config import require_between
 from ..losses import check_reduction, kl_div, soft_targets
-from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, no_grad_outputs, register_method
+from .base import Batch, Method, MethodConfig, Paper, TrainState, clean_teacher_logits, no_grad_outputs, register_method
 
 
 @dataclass
@@ -46,7 +46,17 @@ def teacher_student_kl(teacher: nn.Module, student: nn.Module) -> Callable[[Tens
     return lambda x: kl_div(F.softmax(teacher(x).float(), dim=1), student(x), reduction="none")
 
 
-@register_method("adaad")
+PAPER = Paper(
+    "Boosting Accuracy and Robustness of Student Models via Adaptive Adversarial Distillation",
+    ("Bo Huang", "Mingyang Chen", "Yi Wang", "Junda Lu", "Minhao Cheng", "Wei Wang"),
+    "CVPR",
+    2023,
+    "https://openaccess.thecvf.com/content/CVPR2023/html/Huang_Boosting_Accuracy_and_Robustness"
+    "_of_Student_Models_via_Adaptive_Adversarial_Distillation_CVPR_2023_paper.html",
+)
+
+
+@register_method("adaad", paper=PAPER)
 class AdaAD(Method):
     """Find where teacher and student disagree most, then match the student to the teacher there.
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..attacks import objectives
 from ..config import require_between, require_positive
 from ..losses import check_reduction, kl_div, soft_targets
-from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
+from .base import Batch, Method, MethodConfig, Paper, TrainState, clean_teacher_logits, register_method
 
 
 @dataclass
@@ -44,7 +44,16 @@ class ARDConfig(MethodConfig):
         require_between("alpha", self.alpha, 0.0, 1.0)
 
 
-@register_method("ard")
+PAPER = Paper(
+    "Adversarially Robust Distillation",
+    ("Micah Goldblum", "Liam Fowl", "Soheil Feizi", "Tom Goldstein"),
+    "AAAI",
+    2020,
+    "https://arxiv.org/abs/1905.09747",
+)
+
+
+@register_method("ard", paper=PAPER)
 class ARD(Method):
     """Match the student on CE-PGD examples to the teacher's softened clean predictions.
 

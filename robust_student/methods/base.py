@@ -119,17 +119,44 @@ class Method(nn.Module):
         """Called once at the end of every epoch (e.g. DGHFA's class-weight update)."""
 
 
+@dataclass(frozen=True)
+class Paper:
+    """The paper a method comes from (registry metadata: model cards cite it and link to it)."""
+
+    title: str
+    authors: tuple[str, ...]
+    venue: str
+    year: int
+    url: str | None = None
+
+    def bibtex(self, key: str) -> str:
+        """A BibTeX entry for the paper (``@inproceedings`` unless it is only an arXiv preprint)."""
+        kind = "misc" if self.venue.lower().startswith("arxiv") else "inproceedings"
+        where = "howpublished" if kind == "misc" else "booktitle"
+        fields = [f"  title = {{{self.title}}}", f"  author = {{{' and '.join(self.authors)}}}",
+                  f"  {where} = {{{self.venue}}}", f"  year = {{{self.year}}}"]
+        if self.url:
+            fields.append(f"  url = {{{self.url}}}")
+        return f"@{kind}{{{key},\n" + ",\n".join(fields) + "\n}"
+
+
 METHODS: Registry[type[Method]] = Registry("method")
 
 
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: register a Method subclass under ``name`` (and set ``cls.name``)."""
+def register_method(name: str, *, paper: Paper | None = None) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a Method subclass under ``name`` (and set ``cls.name``); ``paper`` is the
+    publication it implements (model cards cite it)."""
 
     def decorator(cls: type[Method]) -> type[Method]:
         cls.name = name
-        return METHODS.register(name)(cls)
+        return METHODS.register(name, metadata=paper)(cls)
 
     return decorator
+
+
+def method_paper(name: str) -> Paper | None:
+    """The paper a registered method declares (``None`` if it declares none)."""
+    return METHODS.metadata(name)
 
 
 def create_method(name: str, config: MethodConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> Method:

@@ -66,7 +66,7 @@ from ..attacks import objectives
 from ..attacks import eval_mode
 from ..config import ConfigError
 from ..losses import kl_div, soft_targets
-from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
+from .base import Batch, Method, MethodConfig, Paper, TrainState, clean_teacher_logits, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,15 @@ def _logits_from_embedding(student: nn.Module, embedding: Tensor) -> Tensor:
 
 # -- the method -------------------------------------------------------------------------------------------------
 
-@register_method("dghfa")
+PAPER = Paper(
+    "DGHFA: Dynamic Gradient and Hierarchical Feature Alignment for Robust Distillation of Medical VLMs",
+    ("Boyi Xiao", "Jianghao Wu", "Lanfeng Zhong", "Xiaoguang Zou", "Yuanquan Wu", "Guotai Wang", "Shaoting Zhang"),
+    "MICCAI",
+    2025,
+)
+
+
+@register_method("dghfa", paper=PAPER)
 class DGHFA(Method):
     """Dynamic gradient (PAG -> DWGA) and hierarchical feature (HPFA) alignment; see the module docstring.
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..config import require_between, require_positive
 from ..losses import check_reduction, kl_div, soft_targets
-from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
+from .base import Batch, Method, MethodConfig, Paper, TrainState, clean_teacher_logits, register_method
 
 
 @dataclass
@@ -41,7 +41,16 @@ class KDConfig(MethodConfig):
         require_between("alpha", self.alpha, 0.0, 1.0)
 
 
-@register_method("kd")
+PAPER = Paper(
+    "Distilling the Knowledge in a Neural Network",
+    ("Geoffrey Hinton", "Oriol Vinyals", "Jeff Dean"),
+    "NIPS Deep Learning and Representation Learning Workshop",
+    2014,
+    "https://arxiv.org/abs/1503.02531",
+)
+
+
+@register_method("kd", paper=PAPER)
 class KD(Method):
     """Distil the teacher's soft labels on clean images; no adversarial examples (not robust)."""
 

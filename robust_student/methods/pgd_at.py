@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import objectives
-from .base import Batch, Method, MethodConfig, TrainState, register_method
+from .base import Batch, Method, MethodConfig, Paper, TrainState, register_method
 
 
 @dataclass
@@ -26,7 +26,16 @@ class PGDATConfig(MethodConfig):
     """PGD-AT has no hyper-parameters of its own: the threat and the attack loop are the run's."""
 
 
-@register_method("pgd-at")
+PAPER = Paper(
+    "Towards Deep Learning Models Resistant to Adversarial Attacks",
+    ("Aleksander Madry", "Aleksandar Makelov", "Ludwig Schmidt", "Dimitris Tsipras", "Adrian Vladu"),
+    "ICLR",
+    2018,
+    "https://arxiv.org/abs/1706.06083",
+)
+
+
+@register_method("pgd-at", paper=PAPER)
 class PGDAT(Method):
     """Train the student on its own CE-PGD adversarial examples; uses no teacher."""
 

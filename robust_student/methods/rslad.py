@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..attacks import objectives
 from ..config import require_between
 from ..losses import check_reduction, kl_div, soft_targets
-from .base import Batch, Method, MethodConfig, TrainState, clean_teacher_logits, register_method
+from .base import Batch, Method, MethodConfig, Paper, TrainState, clean_teacher_logits, register_method
 
 
 @dataclass
@@ -40,7 +40,16 @@ class RSLADConfig(MethodConfig):
         require_between("adv_weight", self.adv_weight, 0.0, 1.0)
 
 
-@register_method("rslad")
+PAPER = Paper(
+    "Revisiting Adversarial Robustness Distillation: Robust Soft Labels Make Student Better",
+    ("Bojia Zi", "Shihao Zhao", "Xingjun Ma", "Yu-Gang Jiang"),
+    "ICCV",
+    2021,
+    "https://arxiv.org/abs/2108.07969",
+)
+
+
+@register_method("rslad", paper=PAPER)
 class RSLAD(Method):
     """Distil the teacher's clean soft labels into the student on clean and adversarial inputs.
 

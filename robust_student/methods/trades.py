@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..attacks import eval_mode, objectives
 from ..losses import check_reduction, kl_div
-from .base import Batch, Method, MethodConfig, TrainState, register_method
+from .base import Batch, Method, MethodConfig, Paper, TrainState, register_method
 
 
 @dataclass
@@ -40,7 +40,16 @@ class TRADESConfig(MethodConfig):
         check_reduction(self.reduction)
 
 
-@register_method("trades")
+PAPER = Paper(
+    "Theoretically Principled Trade-off between Robustness and Accuracy",
+    ("Hongyang Zhang", "Yaodong Yu", "Jiantao Jiao", "Eric P. Xing", "Laurent El Ghaoui", "Michael I. Jordan"),
+    "ICML",
+    2019,
+    "https://arxiv.org/abs/1901.08573",
+)
+
+
+@register_method("trades", paper=PAPER)
 class TRADES(Method):
     """Trade clean accuracy against smoothness of the student's own predictions; uses no teacher."""
 
