@@ -116,6 +116,7 @@ class RobustDistiller:
         self._validate()
         self.history: list[dict[str, Any]] = []
         self.result: TrainResult | None = None
+        self.report: RobustnessReport | None = None  # the last evaluate()'s
 
     @classmethod
     def from_config(cls, recipe: str | Path, **overrides: Any) -> "RobustDistiller":
@@ -183,11 +184,39 @@ class RobustDistiller:
         check_request(attacks, threat_from_config(threat) if isinstance(threat, ThreatConfig) else threat,
                       n_examples=n_examples or ev.n_examples, batch_size=ev.batch_size)
         data = build_dataset(self._config.dataset, split or ev.split)
-        return evaluate_robustness(
+        self.report = evaluate_robustness(
             self._student, data, attacks=attacks, n_examples=n_examples or ev.n_examples,
             batch_size=ev.batch_size, seed=ev.seed, model_name=f"{self._config.student} ({self._config.method})",
             dataset_name=self._config.dataset.name, **kwargs,
         )
+        return self.report
+
+    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> Path:
+        """Write the Hub-ready folder (weights, config, ONNX when exported, robustness.json, eps curve, model
+        card) with :func:`robust_student.model_cards.save_pretrained` (the ``[hub]`` extra); the card's numbers
+        are the last :meth:`evaluate` report unless ``report=`` is given."""
+        from .model_cards import save_pretrained  # an application of the library: imported only when used
+
+        source: Student | Path | None = self._student
+        if self.result is not None and (Path(self.result.output_dir) / "student").is_dir():
+            source = Path(self.result.output_dir) / "student"  # keeps the run's config and history
+        if source is None:
+            raise RuntimeError("There is no student to save yet: call fit() first (or pass student=...)")
+        kwargs.setdefault("report", self.report)
+        for key in ("export_report", "onnx", "onnx_int8"):
+            if getattr(self, key, None) is not None:
+                kwargs.setdefault(key, getattr(self, key))
+        return save_pretrained(source, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, directory: str | Path | None = None, private: bool | None = None,
+                    token: str | None = None, commit_message: str | None = None) -> str:
+        """Save the Hub-ready folder (to ``directory``, default ``<output_dir>/hub``) and upload it to
+        ``repo_id``; private by default when a teacher's licence is non-commercial or unknown."""
+        from .model_cards import push_to_hub
+
+        folder = Path(directory or Path(self._config.train.output_dir) / "hub")
+        self.save_pretrained(folder, repo_id=repo_id, overwrite=True)
+        return push_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
     def __repr__(self) -> str:
         c = self._config

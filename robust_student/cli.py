@@ -234,6 +234,31 @@ def _model_for_eval(spec: str):
     return model, model.input_size
 
 
+# -- publishing ------------------------------------------------------------------------------------------
+
+def _push_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", help="a folder written by save_pretrained (model card, weights, reports)")
+    p.add_argument("repo_id", help="the Hub repository, org/name")
+    visibility = p.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_const", const=True, default=None,
+                            help="a private repository")
+    visibility.add_argument("--public", dest="private", action="store_const", const=False,
+                            help="a public repository (needed explicitly for a non-commercial teacher's student)")
+    p.add_argument("--token", default=None, help="a Hub token (default: HF_TOKEN or your login)")
+    p.add_argument("--message", default=None, help="commit message")
+
+
+@command("push", "upload a save_pretrained folder to the Hugging Face Hub (private for non-commercial teachers)")(
+    _push_args)
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .model_cards import push_to_hub
+
+    url = push_to_hub(args.directory, args.repo_id, private=args.private, token=args.token,
+                      commit_message=args.message)
+    print(f"pushed {args.directory} to {args.repo_id}: {url}")
+    return 0
+
+
 # -- listing ---------------------------------------------------------------------------------------------
 
 def _list_args(p: argparse.ArgumentParser) -> None:

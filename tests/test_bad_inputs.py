@@ -156,7 +156,8 @@ def test_a_model_whose_classes_are_not_the_datasets_is_refused(student3, tmp_pat
 @pytest.mark.parametrize("threat, attacks, message", [
     (LinfBall(-0.1), ["clean", "pgd20"], "eps must be >= 0, got -0.1"),
     (LinfBall(0.0), ["clean", "pgd20"], "eps is 0, so pgd20 would only measure clean accuracy"),
-    (LinfBall(2.0), ["clean", "fgsm"], r"eps must be <= 1 for L-inf on \[0, 1\] pixels, got 2 \(did you mean 2/255\?\)"),
+    (LinfBall(2.0), ["clean", "fgsm"],
+     r"eps must be <= 1 for L-inf on \[0, 1\] pixels, got 2 \(did you mean 2/255\?\)"),
     (make_threat("l2", -1.0), ["clean"], "eps must be >= 0"),
 ])
 def test_evaluation_refuses_a_meaningless_radius(threat, attacks, message, student3):

@@ -55,7 +55,8 @@ def test_list_datasets_gives_plain_names_and_the_registry_says_how_to_write_them
     from robust_student.data import DATASETS
 
     assert {"imagefolder", "csv", "fashion-mnist", "synthetic"} <= set(list_datasets())
-    assert DATASETS.usage("imagefolder") == "imagefolder:PATH" and DATASETS.usage("synthetic") == "synthetic[:N_CLASSES]"
+    assert DATASETS.usage("imagefolder") == "imagefolder:PATH"
+    assert DATASETS.usage("synthetic") == "synthetic[:N_CLASSES]"
 
 
 def test_unknown_dataset_lists_valid_names():

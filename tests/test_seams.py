@@ -205,8 +205,9 @@ def test_teacher_args_reach_every_role_and_a_roles_args_win(monkeypatch):
         register_teacher("tiny-args", license="MIT", commercial_use=True)(
             lambda arg=None, **kw: seen.append(kw) or TinyTeacher(seed=kw.get("seed", 0)))
     monkeypatch.setattr(KD, "teacher_roles", ("teacher", "clean"))
-    distiller = rs.RobustDistiller(teacher={"teacher": "tiny-args", "clean": {"name": "tiny-args", "args": {"seed": 3}}},
-                                   method="kd", dataset="synthetic:3", teacher_args={"input_size": 16, "seed": 1})
+    roles = {"teacher": "tiny-args", "clean": {"name": "tiny-args", "args": {"seed": 3}}}
+    distiller = rs.RobustDistiller(teacher=roles, method="kd", dataset="synthetic:3",
+                                   teacher_args={"input_size": 16, "seed": 1})
     assert distiller.config.teacher == "tiny-args" and set(distiller.config.teachers) == {"teacher", "clean"}
     teachers = distiller._teachers_for_roles(build_dataset("synthetic:3", "train").prompts)
     assert seen[-2:] == [{"input_size": 16, "seed": 1}, {"input_size": 16, "seed": 3}]

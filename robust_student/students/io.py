@@ -88,9 +88,40 @@ def read_student_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
+HUB_PREFIX = "hf-hub:"
+
+
+def fetch_from_hub(spec: str, files: tuple[str, ...] = (CONFIG, WEIGHTS), *, revision: str | None = None,
+                   cache_dir: str | Path | None = None, token: str | None = None) -> Path:
+    """The local snapshot folder of ``hf-hub:org/name`` holding ``files`` (downloaded once into the Hugging Face
+    cache; with ``HF_HUB_OFFLINE=1`` read from the cache only). ``HF_ENDPOINT`` is read at call time."""
+    import os
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id = spec.removeprefix(HUB_PREFIX)
+    if repo_id.count("/") != 1:
+        raise ValueError(f"{spec!r}: a Hub student is written hf-hub:org/name")
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=list(files), revision=revision, cache_dir=cache_dir,
+                                   token=token, endpoint=endpoint.rstrip("/") if endpoint else None)
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(f"{repo_id} is not in the local Hugging Face cache and the Hub cannot be reached "
+                                "(offline?): download it once with network access") from None
+    except HfHubHTTPError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FileNotFoundError(f"cannot fetch {repo_id} from the Hub ({first})") from None
+    return Path(folder)
+
+
 def load_student(directory: str | Path, map_location: str = "cpu") -> Student:
-    """Rebuild a student saved by :func:`save_student`: built from its spec (never downloading anything), then
-    its weights (strict). A spec and weights that do not fit say so in one line."""
+    """Rebuild a student saved by :func:`save_student` (a folder, or ``"hf-hub:org/name"`` fetched into the
+    Hugging Face cache): built from its spec (never downloading a backbone), then its weights (strict). A spec
+    and weights that do not fit say so in one line."""
+    if isinstance(directory, str) and directory.startswith(HUB_PREFIX):
+        directory = fetch_from_hub(directory)
     directory = Path(directory)
     config = read_student_config(directory)
     arch = config["architecture"]
@@ -113,4 +144,5 @@ def load_student(directory: str | Path, map_location: str = "cpu") -> Student:
     return student.eval()
 
 
-__all__ = ["save_student", "load_student", "read_student_config", "student_config", "WEIGHTS", "CONFIG", "FORMAT"]
+__all__ = ["save_student", "load_student", "read_student_config", "student_config", "fetch_from_hub", "WEIGHTS",
+           "CONFIG", "FORMAT", "HUB_PREFIX"]
