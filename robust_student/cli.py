@@ -259,6 +259,28 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the demo --------------------------------------------------------------------------------------------
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student", default=None,
+                   help="a saved student folder or hf-hub:org/name (default: the quickstart's)")
+    p.add_argument("--teacher", default="fmnist-clip", help="the teacher to compare with (default: fmnist-clip)")
+    p.add_argument("--no-teacher", action="store_true", help="show the student only")
+    p.add_argument("--onnx", default=None, help="an exported model.onnx to attack with Square")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+
+
+@command("demo", "open the Gradio demo: clean vs attacked, teacher vs student (offline)")(_demo_args)
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import build_demo, launch
+
+    demo = build_demo(student=args.student, teacher=None if args.no_teacher else args.teacher, onnx=args.onnx)
+    print(f"robust_student demo: serving on http://{args.host}:{args.port or 7860} (Ctrl-C to stop)")
+    launch(demo, host=args.host, port=args.port, block=True)
+    return 0
+
+
 # -- listing ---------------------------------------------------------------------------------------------
 
 def _list_args(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ from .formatting import format_percent
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_OUTPUT = "quickstart_out"  # where `make quickstart` writes (the demo looks for its student there)
+
 
 @dataclass
 class QuickstartSummary:
@@ -62,7 +64,7 @@ class QuickstartSummary:
 
 
 def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", data: str = "fashion-mnist",
-                   output_dir: str | Path = "quickstart_out", recipe: str = "quickstart",
+                   output_dir: str | Path = DEFAULT_OUTPUT, recipe: str = "quickstart",
                    overrides: dict[str, Any] | None = None) -> QuickstartSummary:
     """Run the quickstart and write ``summary.json`` into ``output_dir``.
 
