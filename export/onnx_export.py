@@ -15,6 +15,7 @@ validation passes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -81,6 +82,23 @@ class _Graph(nn.Module):
         return logits, embedding
 
 
+# The exporter's libraries log every optimisation pass at INFO; an export is one line in our own log instead.
+_CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
     outputs = tuple(outputs)
     unknown = [o for o in outputs if o not in OUTPUTS]
@@ -105,7 +123,7 @@ def torch_export(student: Student, path: str | Path, *, opset: int | None = None
     if opset is not None:
         kwargs["opset_version"] = int(opset)
     graph = _Graph(student, outputs)
-    with eval_mode(graph), torch.no_grad(), warnings.catch_warnings():
+    with eval_mode(graph), torch.no_grad(), _quiet_exporter(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         try:

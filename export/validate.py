@@ -220,11 +220,22 @@ class ExportReport:
             white = b.get("white_box_accuracy_torch")
             versus = f" (white-box worst case on torch {format_percent(white)})" if white is not None else ""
             out.append(f"  {b['attack']} on the ONNX session: {format_percent(b['accuracy_onnx'])}{versus}")
+        w = self.worst_case
+        if self.mode == "full" and w:
+            out.append(f"  worst case per example: torch (white-box) {format_percent(w['accuracy_torch'])}, ONNX (all "
+                       f"attacks incl. Square) {format_percent(w['accuracy_onnx'])}")
+            if self.precision == "int8":
+                out.append(f"  INT8 vs FP32 torch: clean {_points(c['accuracy_onnx'] - c['accuracy_torch'])}, "
+                           f"robust (worst case) {_points(w['accuracy_onnx'] - w['accuracy_torch'])}")
         for check in self.failed_checks:
             out.append(f"  FAILED {check['name']}: {check['detail']}")
         if self.note:
             out.append(f"  note: {self.note}")
         return "\n".join(out)
+
+
+def _points(delta: float) -> str:
+    return f"{100 * delta:+.2f} points"
 
 
 def _diff(value: float | None) -> str:
