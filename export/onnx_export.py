@@ -178,6 +178,7 @@ def export_onnx(
     calibration: Any = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     calibration_method: str = "minmax",
+    quantize_options: Mapping[str, Any] | None = None,
     thresholds: Thresholds | None = None,
     allow_failed: bool = False,
     overwrite: bool = False,
@@ -202,7 +203,8 @@ def export_onnx(
             failure nothing is written and :class:`ExportValidationError` says which check failed by how much.
             ``allow_failed=True`` writes it anyway, with the failure in its metadata and a warning.
         quantize: ``"int8"`` writes the INT8 QDQ model calibrated on ``calibration`` (training images:
-            ``calibration_images`` of them, ``calibration_method`` minmax / entropy / percentile) instead of FP32.
+            ``calibration_images`` of them, ``calibration_method`` minmax / entropy / percentile) instead of FP32;
+            ``quantize_options`` go to :func:`~.quantize.quantize_int8` (``activations``, ``per_channel``).
         overwrite: replace an existing file at ``path`` (refused by default, before any work).
         threat, method: recorded in the metadata; ``threat`` is also the validation's threat (default: the
             student's training threat from its saved config, else L-inf 8/255).
@@ -239,7 +241,8 @@ def export_onnx(
             artifact = workdir / "model.int8.onnx"
             metadata["quantization"] = quantize_int8(fp32, artifact, calibration, n_images=calibration_images,
                                                      method=calibration_method, seed=seed,
-                                                     dataset_name=getattr(calibration, "name", None))
+                                                     dataset_name=getattr(calibration, "name", None),
+                                                     **dict(quantize_options or {}))
         digests = write_metadata(artifact, metadata)
         report = None
         if data is not None:
