@@ -218,6 +218,33 @@ class RobustDistiller:
         self.save_pretrained(folder, repo_id=repo_id, overwrite=True)
         return push_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
+    def export_onnx(self, path: str | Path, *, quantize: str | None = None, validate: bool = True,
+                    n_examples: int | None = None, allow_failed: bool = False, overwrite: bool = False,
+                    **kwargs: Any) -> Any:
+        """Export the student to the ONNX file ``path``, validated under attack before it is written.
+
+        Validation runs at ``config.eval``'s threat on ``n_examples`` (default 200) of the evaluation split;
+        ``quantize="int8"`` calibrates on the training split. The file is moved into place only when validation
+        passes (``allow_failed=True`` writes it anyway, marked failed). Other keyword arguments go to
+        ``robust_student.export.export_onnx``; returns its ``ExportResult`` (``.report`` is the ``ExportReport``).
+        """
+        if self._student is None:
+            raise RuntimeError("There is no student to export yet: call fit() first (or pass student=...)")
+        from .export import export_onnx  # the facade reaches the export application lazily, only here
+        from .students.io import read_student_config
+
+        cfg = self._config
+        saved = Path(self.result.output_dir) / "student" if self.result is not None else None
+        record = read_student_config(saved) if saved is not None and (saved / "config.json").is_file() else None
+        if n_examples is not None:
+            kwargs["n_examples"] = n_examples
+        return export_onnx(
+            self._student, path, quantize=quantize, allow_failed=allow_failed, overwrite=overwrite,
+            validate=build_dataset(cfg.dataset, cfg.eval.split) if validate else None,
+            calibration=build_dataset(cfg.dataset, "train") if quantize else None,
+            threat={"norm": cfg.eval.norm, "eps": cfg.eval.eps}, method=cfg.method, config=record,
+            dataset_name=f"{cfg.dataset.name} ({cfg.eval.split})", **kwargs)
+
     def __repr__(self) -> str:
         c = self._config
         return (f"RobustDistiller(teacher={c.teacher!r}, method={c.method!r}, student={c.student!r}, "

@@ -1,5 +1,8 @@
 """The ``robust-student`` command line: thin presentation over the library's functions.
 
+``export``, ``predict`` and ``validate`` present ``robust_student.export``, imported inside their functions only
+(the library never imports its applications when it is imported).
+
 Each subcommand is one ``_cmd_*`` function registered in :data:`COMMANDS` with its argument builder;
 ``main(argv)`` is importable so tests drive the CLI without a subprocess.
 """
@@ -279,6 +282,209 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"robust_student demo: serving on http://{args.host}:{args.port or 7860} (Ctrl-C to stop)")
     launch(demo, host=args.host, port=args.port, block=True)
     return 0
+
+
+# -- ONNX export, prediction and validation (robust_student.export, reached lazily) ------------------------
+
+VALIDATION_FAILED = 3  # exit status when an artifact fails validation (or some images could not be classified)
+
+
+def _saved_student_dir(spec: str):
+    """A saved student folder, or a run folder holding one in ``student/``."""
+    from pathlib import Path
+
+    from .students.io import CONFIG, WEIGHTS
+
+    path = Path(spec).expanduser()
+    for folder in (path, path / "student"):
+        if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
+            return folder
+    raise FileNotFoundError(f"{spec}: neither a saved student (a folder with {CONFIG} and {WEIGHTS}) nor a run "
+                            "folder with one in student/ (written by robust-student fit)")
+
+
+def _threat_args(p: argparse.ArgumentParser, default_text: str) -> None:
+    p.add_argument("--norm", default=None, choices=["linf", "l2"], help=f"threat norm (default: {default_text})")
+    p.add_argument("--eps", default=None, help=f"radius in pixel units, e.g. 0.1 or 8/255 (default: {default_text})")
+
+
+def _threat_from_args(args: argparse.Namespace, recorded: dict | None):
+    from .config import parse_number
+
+    if args.eps is None and args.norm is None:
+        return recorded
+    recorded = recorded or {"norm": "linf", "eps": 8 / 255}
+    return {"norm": args.norm or recorded["norm"],
+            "eps": parse_number(args.eps, name="--eps") if args.eps is not None else float(recorded["eps"])}
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("student", metavar="RUN_OR_STUDENT_DIR", help="a saved student folder or a run folder")
+    p.add_argument("--out", required=True, help="the ONNX file to write (with --int8 also OUT_STEM.int8.onnx)")
+    p.add_argument("--int8", action="store_true", help="also write an INT8 model calibrated on training images")
+    p.add_argument("--validate-n", type=int, default=200, metavar="N",
+                   help="examples to validate on (default 200; 0 writes an unvalidated artifact, marked so)")
+    p.add_argument("--data", default=None, help="dataset spec to validate on (default: the run's dataset)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to validate on")
+    _threat_args(p, "the run's evaluation threat")
+    p.add_argument("--square-queries", type=_positive_int, default=1000, help="Square's queries per image")
+    p.add_argument("--calibration-n", type=_positive_int, default=256, help="training images to calibrate INT8 on")
+    p.add_argument("--embedding", action="store_true", help="also output the image embedding")
+    p.add_argument("--opset", type=_positive_int, default=None)
+    p.add_argument("--allow-failed", action="store_true", help="write artifacts that fail validation (marked failed)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--json", action="store_true", help="print the validation reports as JSON")
+
+
+@command("export", "export a trained student to ONNX, validated under attack (and INT8)")(_export_args)
+def _cmd_export(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from .config import DataConfig
+    from .data import build_dataset
+    from .export import ExportValidationError, export_onnx
+    from .students.io import load_student, read_student_config
+
+    if args.validate_n < 0:
+        raise ValueError(f"--validate-n must be >= 0, got {args.validate_n}")
+    folder = _saved_student_dir(args.student)
+    config = read_student_config(folder)
+    run = config.get("config") or {}
+    recorded_eval = run.get("eval")
+    recorded = ({"norm": recorded_eval["norm"], "eps": recorded_eval["eps"]} if recorded_eval else config.get("threat"))
+    threat = _threat_from_args(args, recorded)
+    out = Path(args.out)
+    int8_out = out.with_name(out.stem + ".int8.onnx")
+    for path in [out, int8_out] if args.int8 else [out]:
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    data_config = None
+    if args.validate_n or args.int8:
+        if args.data is not None:
+            data_config = DataConfig(name=args.data)
+        elif run.get("dataset"):
+            data_config = DataConfig.from_dict(run["dataset"])
+        else:
+            raise ValueError(f"{folder} does not record the dataset it was trained on: give --data SPEC")
+        data_config = dataclasses.replace(data_config, image_size=int(config["architecture"]["image_size"]))
+    student = load_student(folder)
+    common = dict(outputs=("logits", "embedding") if args.embedding else ("logits",), opset=args.opset,
+                  threat=threat, method=config.get("method"), n_examples=max(args.validate_n, 1),
+                  square_queries=args.square_queries, allow_failed=args.allow_failed, overwrite=args.overwrite,
+                  config=config, dataset_name=f"{data_config.name} ({args.split})" if data_config else None)
+    validate = build_dataset(data_config, args.split) if args.validate_n else None
+    if validate is None:
+        print("warning: exporting without validation (--validate-n 0): the artifact is marked 'not validated'",
+              file=sys.stderr)
+    results = [export_onnx(student, out, validate=validate, **common)]
+    status = 0
+    if args.int8:
+        try:
+            results.append(export_onnx(student, int8_out, validate=validate, quantize="int8",
+                                       calibration=build_dataset(data_config, "train"),
+                                       calibration_images=args.calibration_n, **common))
+        except ExportValidationError as err:
+            print(err.report.to_text())
+            print(f"robust-student export: INT8 refused: {_one_line(err)}", file=sys.stderr)
+            status = VALIDATION_FAILED
+    for result in results:
+        if args.json:
+            print(json.dumps(result.report.to_dict() if result.report else {"path": str(result.path)}))
+        elif result.report is not None:
+            print(result.report.to_text())
+        print(f"wrote {result.path} ({result.precision}, {result.metadata['validation_status']}; weights sha256 "
+              f"{result.weights_sha256[:16]}...)", file=sys.stderr if args.json else sys.stdout)
+    return status
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    # The same arguments as `python -m robust_student.export.runner` (the torch-free entry point).
+    p.add_argument("model", help="an ONNX file written by robust-student export")
+    p.add_argument("images", nargs="*", help="image files (PNG, JPEG, TIFF, DICOM, ...); none or '-': read paths "
+                                             "from stdin, one per line")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per line (default: tab-separated text)")
+    p.add_argument("--probabilities", action="store_true", help="include every class probability (with --jsonl)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
+    p.add_argument("--no-verify", action="store_true", help="load a model whose digest does not match (unsafe)")
+
+
+@command("predict", "classify images with an exported ONNX model (one JSON line per image with --jsonl)")(_predict_args)
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .export.runner.cli import run
+
+    return run(args)
+
+
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the ONNX file to re-check")
+    p.add_argument("--data", required=True, help="dataset spec to validate on, e.g. imagefolder:/data/test")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--student", default=None, metavar="DIR",
+                   help="the torch student it was exported from: runs the full validation")
+    p.add_argument("--surrogate", default=None, metavar="DIR_OR_TEACHER",
+                   help="without --student: the model transfer attacks are crafted on (a saved student folder or a "
+                        "teacher name; default: the teacher named in the artifact's metadata; 'none': no transfer)")
+    p.add_argument("--n-examples", type=_positive_int, default=200)
+    _threat_args(p, "the threat in the artifact's metadata")
+    p.add_argument("--square-queries", type=_positive_int, default=1000)
+    p.add_argument("--skip-corrupt", action="store_true", help="skip (and count) images that cannot be read")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--output", help="also write the report as JSON to this file")
+
+
+@command("validate", "re-check an ONNX artifact under attack on your own data")(_validate_args)
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .attacks import make_threat
+    from .data import DATASETS, build_dataset
+    from .export import OnnxStudent, validate_artifact, validate_onnx
+    from .students.io import load_student
+
+    DATASETS.resolve(args.data)
+    artifact = OnnxStudent(args.model)  # refuses a tampered file before any data loads
+    recorded = artifact.threat
+    threat_entry = _threat_from_args(args, recorded)
+    threat = make_threat(threat_entry["norm"], float(threat_entry["eps"])) if threat_entry else None
+    dataset = build_dataset(_data_config(args.data, args.skip_corrupt, artifact.image_size[0]), args.split)
+    common = dict(threat=threat, n_examples=args.n_examples, square_queries=args.square_queries,
+                  dataset_name=f"{args.data} ({args.split})")
+    if args.student:
+        report = validate_onnx(args.model, load_student(_saved_student_dir(args.student)), dataset, **common)
+    else:
+        surrogate, name = _surrogate(args.surrogate, artifact, dataset)
+        report = validate_artifact(args.model, dataset, surrogate=surrogate, surrogate_name=name, **common)
+    print(json.dumps(report.to_dict()) if args.json else report.to_markdown())
+    if args.output:
+        report.save_json(args.output)
+        print(f"report written to {args.output}", file=sys.stderr)
+    return VALIDATION_FAILED if report.passed is False else 0
+
+
+def _surrogate(spec: str | None, artifact, dataset):
+    """The model transfer attacks are crafted on: a saved student, a teacher (zero-shot on the dataset's prompts),
+    by default the teacher recorded in the artifact; ``none`` for no transfer attacks."""
+    from .teachers import create_teacher
+
+    if spec is not None and spec.lower() == "none":
+        return None, None
+    if spec is None:
+        teacher = artifact.metadata.get("teacher") or {}
+        if not teacher.get("spec"):
+            raise ValueError("the artifact's metadata names no teacher to use as the transfer surrogate: give "
+                             "--surrogate DIR_OR_TEACHER (or --surrogate none for Square and clean accuracy only)")
+        try:
+            model = create_teacher(teacher["spec"], **(teacher.get("args") or {}))
+        except (OSError, ValueError, ImportError, RuntimeError) as err:
+            raise ValueError(f"cannot build the artifact's teacher {teacher['spec']!r} as the transfer surrogate "
+                             f"({_one_line(err)}); give --surrogate DIR_OR_TEACHER or --surrogate none") from None
+        model.set_classes(dataset.prompts.classnames, dataset.prompts.templates)
+        return model, f"teacher {teacher['spec']}"
+    model, _ = _model_for_eval(spec)
+    if not hasattr(model, "spec"):
+        model.set_classes(dataset.prompts.classnames, dataset.prompts.templates)
+    return model, spec
 
 
 # -- listing ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 It loads the built-in teacher and measures its zero-shot accuracy on Fashion-MNIST, distils it into a student
 in the teacher's embedding space with RSLAD (``recipes/quickstart.yaml``: a short CPU run) and measures the
-student's clean and PGD-20 accuracy; later stages (export, model card) extend :func:`run_quickstart` and its
+student's clean and PGD-20 accuracy, then exports it to ONNX (FP32 and INT8), each validated under attack before
+it is written (``RobustDistiller.export_onnx``). Later stages (model card) extend :func:`run_quickstart` and its
 :class:`QuickstartSummary`.
 """
 
@@ -42,6 +43,7 @@ class QuickstartSummary:
     student_pgd20_accuracy: float | None = None
     eval_threat: str = ""
     n_eval: int = 0
+    onnx: list[dict[str, Any]] = field(default_factory=list)  # the exported artifacts and their validation reports
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_text(self) -> str:
@@ -58,18 +60,44 @@ class QuickstartSummary:
                 f"clean {format_percent(self.student_clean_accuracy)}, PGD-20 ({self.eval_threat}) "
                 f"{format_percent(self.student_pgd20_accuracy)} on {self.n_eval} test images"
             )
+        for artifact in self.onnx:
+            lines.append(f"  exported {artifact['path']}" if artifact["written"] else
+                         f"  refused {artifact['path']} ({artifact['error']})")
+            lines += [f"    {line}" for line in artifact["report_text"].splitlines()]
         lines += [f"  {key}: {value}" for key, value in self.extra.items()]
         lines.append(f"  artifacts in {self.output_dir}/ ({self.seconds:.0f} s)")
         return "\n".join(lines)
 
 
+EXPORTS = (("student.onnx", None), ("student.int8.onnx", "int8"))
+
+
+def _export(distiller: Any, path: Path, quantize: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Export and validate one artifact; a refused one (validation failed) is reported, not raised."""
+    logger.info("exporting %s (validated under attack before it is written)", path)
+    path.unlink(missing_ok=True)  # the quickstart's own artifact from an earlier run: never report a stale file
+    try:
+        result = distiller.export_onnx(path, quantize=quantize, **options)
+    except ValueError as err:  # ExportValidationError: nothing was written; its report says why
+        report = getattr(err, "report", None)
+        if report is None:
+            raise
+        return {"path": str(path), "written": False, "error": "validation failed", "report": report.to_dict(),
+                "report_text": report.to_text()}
+    return {"path": str(path), "written": True, "error": None, "report": result.report.to_dict(),
+            "report_text": result.report.to_text()}
+
+
 def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", data: str = "fashion-mnist",
                    output_dir: str | Path = DEFAULT_OUTPUT, recipe: str = "quickstart",
-                   overrides: dict[str, Any] | None = None) -> QuickstartSummary:
+                   overrides: dict[str, Any] | None = None,
+                   export_options: dict[str, Any] | None = None) -> QuickstartSummary:
     """Run the quickstart and write ``summary.json`` into ``output_dir``.
 
     ``recipe`` and ``overrides`` (``RobustDistiller`` keywords) set the distillation run; its checkpoints,
-    metrics and final student go to ``<output_dir>/run``.
+    metrics and final student go to ``<output_dir>/run``. The student is exported to ``student.onnx`` and
+    ``student.int8.onnx``, each validated under attack (``export_options`` go to ``RobustDistiller.export_onnx``,
+    e.g. ``{"n_examples": 50}``); an artifact that fails validation is reported and not written.
     """
     from .api import RobustDistiller
     from .data import build_dataset
@@ -92,6 +120,7 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
                                                **(overrides or {})})
     student_model = distiller.fit()
     report = distiller.evaluate(["clean", "pgd20"], checks=False, progress=False)
+    onnx = [_export(distiller, output / name, quantize, dict(export_options or {})) for name, quantize in EXPORTS]
 
     summary = QuickstartSummary(
         teacher=teacher, dataset=data, teacher_zero_shot_accuracy=accuracy, n_test=len(test_set),
@@ -100,7 +129,7 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
         method=distiller.config.method, train_steps=distiller.result.steps,
         train_seconds=distiller.result.seconds, student_clean_accuracy=report.clean_accuracy,
         student_pgd20_accuracy=report.robust_accuracy["pgd20"], eval_threat=f"{report.threat} eps {report.eps_text}",
-        n_eval=report.n_examples,
+        n_eval=report.n_examples, onnx=onnx,
     )
     summary.seconds = time.perf_counter() - start
     (output / "summary.json").write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")

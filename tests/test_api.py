@@ -136,9 +136,19 @@ def test_quickstart_distils_and_reports_clean_and_pgd20_accuracy(tmp_path):
 
     summary = run_quickstart(teacher="tiny-test", data="synthetic:3", output_dir=tmp_path / "qs",
                              overrides=_small(tmp_path, **{"train.output_dir": str(tmp_path / "qs" / "run"),
-                                                           "eval.n_examples": 32}))
+                                                           "eval.n_examples": 32}),
+                             export_options={"n_examples": 16, "square_queries": 20, "attacks": ["pgd20"],
+                                             "calibration_images": 32})
     assert summary.method == "rslad" and summary.train_steps == 4 and summary.n_eval == 32
     assert 0 <= summary.student_pgd20_accuracy <= summary.student_clean_accuracy <= 1
     assert "PGD-20 (linf eps 0.1)" in summary.to_text()
     assert (tmp_path / "qs" / "run" / "student" / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "qs" / "summary.json").read_text())["student_pgd20_accuracy"] is not None
+    saved = json.loads((tmp_path / "qs" / "summary.json").read_text())
+    assert saved["student_pgd20_accuracy"] is not None
+    # Exported and validated under attack: FP32 and INT8, each written only if its validation passed.
+    assert [a["report"]["precision"] for a in saved["onnx"]] == ["fp32", "int8"]
+    for artifact in saved["onnx"]:
+        assert (tmp_path / "qs" / artifact["path"].rsplit("/", 1)[-1]).is_file() == artifact["written"]
+        assert artifact["written"] == artifact["report"]["passed"] and artifact["report"]["n_examples"] == 16
+        assert artifact["report_text"].splitlines()[0] in summary.to_text()
+    assert "square:20 on the ONNX session" in summary.to_text()

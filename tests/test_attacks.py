@@ -172,7 +172,7 @@ def test_objective_formulas():
 
 
 def test_registry_names_settings_and_errors():
-    assert {"clean", "fgsm", "pgd20", "cw20", "autoattack", "square", "pgd"} <= set(list_attacks())
+    assert {"clean", "fgsm", "pgd20", "cw20", "apgd-ce", "autoattack", "square", "pgd"} <= set(list_attacks())
     assert get_attack("pgd:7").steps == 7 and get_attack("pgd:7").settings(LinfBall(0.1), 10)["steps"] == 7
     with pytest.raises(ValueError, match="positive integer number of steps"):
         get_attack("pgd:0")

@@ -79,6 +79,29 @@ def test_autoattack_runs_for_few_and_many_classes(num_classes):
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("ball", [LinfBall, L2Ball], ids=["linf", "l2"])
+def test_apgd_ce_is_sound_effective_seeded_and_records_its_settings(ball):
+    model = tiny_classifier(4)
+    x, y = labelled_inputs(model.eval(), n=8)
+    dist = distance_to_boundary(model, x, y, ball.norm)
+    threat = ball(dist.median().item())
+    model.train()
+    attack = get_attack("apgd-ce")
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    x_adv = attack(model, x, y, threat, seed=0)
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(x_adv, attack(model, x, y, threat, seed=0))
+    size = (x_adv - x).flatten(1)
+    size = size.abs().amax(1) if threat.norm == "linf" else size.norm(dim=1)
+    assert (size <= threat.eps + 1e-6).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    robust = predict_labels(model, x_adv) == y
+    assert robust[dist > threat.eps * 1.001].all() and not robust[dist < threat.eps / 2].any()
+    assert model.training and all(p.grad is None and p.requires_grad for p in model.parameters())
+    settings = attack.settings(threat, 4)
+    assert settings["n_iter"] == 100 and settings["restarts"] == 1 and settings["loss"] == "ce"
+    assert settings["package"].startswith("pyautoattack") and attack.kind == "white-box"
+
+
 def test_named_autoattack_records_its_settings():
     model = tiny_classifier(5).eval()
     x, y = labelled_inputs(model, n=4)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,7 @@ def test_every_attack_stays_in_the_eps_ball_on_the_8_bit_grid(attack, tmp_path):
     assert result.clean.shape == (224, 224, 3) and result.clean.dtype == np.uint8
     assert set(result.predictions) == {"student clean", "student adversarial", "teacher clean", "teacher adversarial"}
     assert all(abs(sum(p.values()) - 1) < 1e-5 for p in result.predictions.values())  # all 3 classes shown
-    assert f"at eps 6/255" in result.verdict and result.verdict.startswith("student ")
+    assert "at eps 6/255" in result.verdict and result.verdict.startswith("student ")
 
 
 def test_uploads_are_converted_or_refused_with_a_message(tmp_path, monkeypatch):

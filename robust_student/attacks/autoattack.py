@@ -184,6 +184,33 @@ def run_autoattack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, thre
     return threat.project(x_adv.to(device).float(), x.float()), info
 
 
+# -- APGD-CE ---------------------------------------------------------------------------------------------------
+
+APGD_ITERATIONS = 100  # AutoAttack standard's APGD-CE: 100 iterations, one restart, rho 0.75
+
+
+def apgd_ce(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, threat: Threat, *, seed: int = 0,
+            n_iter: int = APGD_ITERATIONS, n_restarts: int = 1) -> Tensor:
+    """AutoAttack's first attack, APGD on cross-entropy (Croce & Hein 2020), through the package's
+    ``APGDAttack`` with AutoAttack standard's settings; returns the adversarial examples (the clean image where
+    the attack failed). The model runs frozen; the caller's RNG is untouched."""
+    _import_pyautoattack()
+    from pyautoattack.autopgd_base import APGDAttack
+
+    if threat.norm not in AA_NORMS:
+        raise ValueError(f"APGD-CE supports norms {list(AA_NORMS)}, got {threat.norm!r}")
+
+    def logits(inputs: Tensor) -> Tensor:
+        return model(inputs).float()
+
+    attack = APGDAttack(logits, n_iter=n_iter, norm=AA_NORMS[threat.norm], n_restarts=n_restarts,
+                        eps=float(threat.eps), seed=seed, loss="ce", eot_iter=1, rho=0.75, device=x.device)
+    x0 = x.detach().float()
+    with attack_mode(model), seeded(seed, x.device):
+        x_adv = attack.perturb(x0, y.to(x.device))
+    return threat.project(x_adv.float(), x0)
+
+
 # -- Square Attack ---------------------------------------------------------------------------------------------
 
 def square_attack(predict: Callable[[Any], Any], x: Tensor, y: Tensor, threat: Threat, *,
@@ -212,5 +239,5 @@ def square_attack(predict: Callable[[Any], Any], x: Tensor, y: Tensor, threat: T
     return threat.project(x_adv.float(), x0)
 
 
-__all__ = ["AutoAttackPlan", "autoattack_plan", "build_autoattack", "run_autoattack", "square_attack",
+__all__ = ["AutoAttackPlan", "autoattack_plan", "build_autoattack", "run_autoattack", "apgd_ce", "square_attack",
            "captured_warnings", "pyautoattack_version"]

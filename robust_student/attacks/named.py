@@ -1,4 +1,4 @@
-"""Named evaluation attacks: ``clean``, ``fgsm``, ``pgd20``, ``cw20``, ``autoattack``, ``square[:QUERIES]``.
+"""Named evaluation attacks: ``clean``, ``fgsm``, ``pgd20``, ``cw20``, ``apgd-ce``, ``autoattack``, ``square[:QUERIES]``.
 
 Each is an :class:`EvalAttack`: ``attack(model, x, y, threat, seed) -> x_adv`` plus ``attack.settings(threat,
 num_classes)``, the exact settings it runs with (recorded in every report). Gradient attacks go through the one
@@ -19,7 +19,8 @@ from torch import Tensor
 from ..formatting import format_eps
 from ..registry import Registry
 from . import objectives
-from .autoattack import STANDARD_SQUARE_QUERIES, autoattack_plan, run_autoattack, square_attack
+from .autoattack import (APGD_ITERATIONS, STANDARD_SQUARE_QUERIES, apgd_ce, autoattack_plan, run_autoattack,
+                         square_attack)
 from .pgd import fgsm, pgd
 from .runtime import as_logits_fn, attack_mode, seeded
 from .threat import Threat
@@ -134,6 +135,24 @@ class AutoAttackEval(EvalAttack):
         return x_adv
 
 
+class APGDCE(EvalAttack):
+    """AutoAttack's APGD-CE alone (Croce & Hein 2020) from ``pyautoattack``: step-size-free PGD on CE."""
+
+    name = "apgd-ce"
+
+    def __init__(self, *, n_iter: int = APGD_ITERATIONS) -> None:
+        self.n_iter = int(n_iter)
+
+    def settings(self, threat: Threat, num_classes: int) -> dict[str, Any]:
+        from .autoattack import pyautoattack_version
+
+        return {"package": f"pyautoattack {pyautoattack_version()} APGDAttack", "loss": "ce", "n_iter": self.n_iter,
+                "restarts": 1, "rho": 0.75}
+
+    def _run(self, model: Model, x: Tensor, y: Tensor, threat: Threat, seed: int) -> Tensor:
+        return apgd_ce(model, x, y, threat, seed=seed, n_iter=self.n_iter)
+
+
 class Square(EvalAttack):
     """Square Attack (Andriushchenko et al. 2020): score-based black box; works on any logits callable."""
 
@@ -201,6 +220,11 @@ def _cw20(arg: None, kappa: float = 50.0, step_size: float | None = None) -> Eva
 def _autoattack(arg: None, square_queries: int = STANDARD_SQUARE_QUERIES, batch_size: int = 256) -> EvalAttack:
     """AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) via pyautoattack."""
     return AutoAttackEval(square_queries=square_queries, batch_size=batch_size)
+
+
+@register_attack("apgd-ce")
+def _apgd_ce(arg: None, n_iter: int = APGD_ITERATIONS) -> EvalAttack:
+    return APGDCE(n_iter=n_iter)
 
 
 @register_attack("square", takes_arg="optional", usage="square[:QUERIES]")
@@ -275,5 +299,5 @@ def robust_correct(attack: EvalAttack, model: Model, x: Tensor, y: Tensor, threa
     return correct
 
 
-__all__ = ["EvalAttack", "Clean", "FGSM", "PGD", "AutoAttackEval", "Square", "ATTACKS", "register_attack",
+__all__ = ["EvalAttack", "Clean", "FGSM", "PGD", "APGDCE", "AutoAttackEval", "Square", "ATTACKS", "register_attack",
            "get_attack", "list_attacks", "as_logits_fn", "predict_labels", "robust_correct", "check_in_threat"]

@@ -1,0 +1,100 @@
+"""``predict`` as a pipeline step: image paths in (arguments or stdin), one JSON line per image out.
+
+    python -m robust_student.export.runner model.onnx a.png b.dcm --jsonl
+    find scans -name '*.dcm' | robust-student predict model.onnx --jsonl
+
+Each line holds ``source``, ``class_index``, ``label``, ``class_name``, ``probability`` and ``error`` (null when
+the image was classified). Bad images never stop the stream; the exit status is 0 when every image was
+classified and 3 when some were not. Needs only onnxruntime, numpy and pillow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import IO, Iterable, Iterator, Sequence
+
+from .student import OnnxStudent, Predictions
+
+SOME_FAILED = 3
+
+
+def sources(paths: Sequence[str], stdin: IO[str] | None) -> Iterator[str]:
+    """The image paths: the arguments, or (none given, or ``-``) one path per line of ``stdin``."""
+    if paths and list(paths) != ["-"]:
+        yield from paths
+        return
+    if stdin is None:
+        return
+    for line in stdin:
+        path = line.strip()
+        if path:
+            yield path
+
+
+def write_predictions(model: OnnxStudent, paths: Iterable[str], out: IO[str], *, jsonl: bool = True,
+                      batch_size: int = 32, probabilities: bool = False) -> Predictions:
+    """Classify ``paths`` in chunks of ``batch_size`` and write each result as it is ready (a stream)."""
+    everything = Predictions()
+    chunk: list[str] = []
+
+    def flush() -> None:
+        result = model.predict(chunk, batch_size=batch_size, errors="skip")
+        for item in result:
+            item.index = len(everything.items)
+            everything.items.append(item)
+            if jsonl:
+                out.write(item.to_json(probabilities) + "\n")
+            elif item.ok:
+                out.write(f"{item.source}\t{item.label}\t{item.probability:.4f}\n")
+            else:
+                out.write(f"{item.source}\tERROR\t{item.error}\n")
+        out.flush()
+        chunk.clear()
+
+    for path in paths:
+        chunk.append(path)
+        if len(chunk) >= batch_size:
+            flush()
+    if chunk:
+        flush()
+    return everything
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="an ONNX file written by robust-student export")
+    p.add_argument("images", nargs="*", help="image files (PNG, JPEG, TIFF, DICOM, ...); none or '-': read paths "
+                                             "from stdin, one per line")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per line (default: tab-separated text)")
+    p.add_argument("--probabilities", action="store_true", help="include every class probability (with --jsonl)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
+    p.add_argument("--no-verify", action="store_true", help="load a model whose digest does not match (unsafe)")
+
+
+def run(args: argparse.Namespace, stdin: IO[str] | None = None, out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
+    model = OnnxStudent(args.model, providers=args.providers, verify=not args.no_verify)
+    print(f"{model.path.name}: {len(model.class_names)} classes, {model.precision}, running on {model.provider}",
+          file=sys.stderr)
+    result = write_predictions(model, sources(args.images, stdin if stdin is not None else sys.stdin), out,
+                               jsonl=args.jsonl, batch_size=args.batch_size, probabilities=args.probabilities)
+    if result.failed:
+        print(f"{len(result.failed)} of {len(result)} image(s) could not be classified", file=sys.stderr)
+        return SOME_FAILED
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m robust_student.export.runner", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError, ImportError) as err:
+        print(f"predict: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["sources", "write_predictions", "add_arguments", "run", "main", "SOME_FAILED"]
