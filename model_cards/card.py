@@ -100,13 +100,14 @@ def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def render_model_card(config: Mapping[str, Any], report: Mapping[str, Any] | None = None,
                       export: Mapping[str, Any] | None = None, *, repo_id: str | None = None,
-                      eps_curve_image: str | None = None, model_name: str | None = None) -> Any:
+                      eps_curve_image: str | None = None, model_name: str | None = None,
+                      export_int8: Mapping[str, Any] | None = None) -> Any:
     """The model card (a ``huggingface_hub.ModelCard``) of a saved student.
 
     Args:
         config: the saved student's ``config.json`` (``robust_student.students.io.read_student_config``).
         report: ``RobustnessReport.to_dict()`` of its evaluation, or None (the card says it is missing).
-        export: the ONNX ``ExportReport`` as a dict, or None (not exported).
+        export: the ONNX ``ExportReport`` as a dict, or None (not exported); ``export_int8`` the INT8 one.
         repo_id: the Hub id it is published under (for the usage snippets; default: a local folder).
         eps_curve_image: file name of the robust-accuracy-vs-eps plot next to the card.
     """
@@ -140,7 +141,8 @@ def render_model_card(config: Mapping[str, Any], report: Mapping[str, Any] | Non
         "path/to/this/folder", "eps_curve_image": eps_curve_image, "non_commercial": is_non_commercial(config),
         "non_commercial_note": NON_COMMERCIAL_NOTE, "licence": licence, "licence_source": licence_source,
         "threat": _threat_facts(config, report), "rows": _rows(report), "checks": _checks(report),
-        "export_rows": _export_rows(export), "training": _training(run, config),
+        "export_rows": _export_rows(export), "export_int8": export_int8, "int8_rows": _export_rows(export_int8),
+        "training": _training(run, config),
     }
     return ModelCard.from_template(data, template_str=TEMPLATE.read_text(encoding="utf-8"), **context)
 

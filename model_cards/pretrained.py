@@ -3,7 +3,8 @@
     <dir>/model.safetensors   the weights                   (robust_student.load_student reads these two)
     <dir>/config.json         architecture, classes, normalisation, teacher provenance and licence, the run
     <dir>/model.onnx          the validated ONNX export, when given (model.int8.onnx for the INT8 one)
-    <dir>/robustness.json     {"robustness": RobustnessReport, "export": ExportReport} (null when missing)
+    <dir>/robustness.json     {"robustness": RobustnessReport, "export": ExportReport of model.onnx,
+                              "export_int8": ExportReport of model.int8.onnx} (null when missing)
     <dir>/eps_curve.png/.json robust accuracy against eps, when given
     <dir>/README.md           the model card
 
@@ -63,14 +64,15 @@ def _prepare(directory: Path, overwrite: bool) -> None:
 
 def save_pretrained(student: Student | str | Path, directory: str | Path, *,
                     report: RobustnessReport | Mapping[str, Any] | None = None,
-                    export_report: Any = None, onnx: str | Path | None = None, onnx_int8: str | Path | None = None,
+                    export_report: Any = None, export_report_int8: Any = None, onnx: str | Path | None = None,
+                    onnx_int8: str | Path | None = None,
                     eps_curve: Mapping[str, Any] | None = None, repo_id: str | None = None,
                     overwrite: bool = False) -> Path:
     """Write the Hub-ready folder of ``student`` (a :class:`Student`, or a saved-student folder such as
     ``runs/x/student``, whose ``config.json`` keeps the training run) with its card; return the folder.
 
-    ``report`` is its :class:`RobustnessReport` (the card's numbers), ``export_report`` the ONNX validation report
-    and ``onnx`` / ``onnx_int8`` the validated files to include, ``eps_curve`` the dict of
+    ``report`` is its :class:`RobustnessReport` (the card's numbers), ``export_report`` / ``export_report_int8``
+    the ONNX validation reports and ``onnx`` / ``onnx_int8`` the validated files to include, ``eps_curve`` the dict of
     :func:`robust_student.evaluation.eps_curve`, ``repo_id`` the Hub id the card's usage snippets name.
     """
     directory = Path(directory)
@@ -92,15 +94,16 @@ def save_pretrained(student: Student | str | Path, directory: str | Path, *,
         shutil.copyfile(onnx, directory / ONNX)
     if onnx_int8 is not None:
         shutil.copyfile(onnx_int8, directory / ONNX_INT8)
-    report_dict, export_dict = _as_dict(report), _as_dict(export_report)
-    (directory / ROBUSTNESS).write_text(json.dumps({"robustness": report_dict, "export": export_dict}, indent=2)
-                                        + "\n", encoding="utf-8")
+    report_dict, export_dict, int8_dict = _as_dict(report), _as_dict(export_report), _as_dict(export_report_int8)
+    evidence = {"robustness": report_dict, "export": export_dict, "export_int8": int8_dict}
+    (directory / ROBUSTNESS).write_text(json.dumps(evidence, indent=2) + "\n", encoding="utf-8")
     image = None
     if eps_curve is not None:
         save_eps_curve(dict(eps_curve), directory / EPS_CURVE)
         image = f"{EPS_CURVE}.png"
     config = read_student_config(directory)
-    card = render_model_card(config, report_dict, export_dict, repo_id=repo_id, eps_curve_image=image)
+    card = render_model_card(config, report_dict, export_dict, repo_id=repo_id, eps_curve_image=image,
+                             export_int8=int8_dict)
     card.save(directory / CARD)
     logger.info("saved %s with its model card", directory)
     return directory

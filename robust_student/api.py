@@ -117,6 +117,10 @@ class RobustDistiller:
         self.history: list[dict[str, Any]] = []
         self.result: TrainResult | None = None
         self.report: RobustnessReport | None = None  # the last evaluate()'s
+        self.onnx: Path | None = None  # the last export_onnx's file and report (FP32; *_int8 for INT8)
+        self.export_report: Any = None
+        self.onnx_int8: Path | None = None
+        self.export_report_int8: Any = None
 
     @classmethod
     def from_config(cls, recipe: str | Path, **overrides: Any) -> "RobustDistiller":
@@ -203,7 +207,7 @@ class RobustDistiller:
         if source is None:
             raise RuntimeError("There is no student to save yet: call fit() first (or pass student=...)")
         kwargs.setdefault("report", self.report)
-        for key in ("export_report", "onnx", "onnx_int8"):
+        for key in ("export_report", "export_report_int8", "onnx", "onnx_int8"):
             if getattr(self, key, None) is not None:
                 kwargs.setdefault(key, getattr(self, key))
         return save_pretrained(source, directory, **kwargs)
@@ -238,12 +242,16 @@ class RobustDistiller:
         record = read_student_config(saved) if saved is not None and (saved / "config.json").is_file() else None
         if n_examples is not None:
             kwargs["n_examples"] = n_examples
-        return export_onnx(
+        result = export_onnx(
             self._student, path, quantize=quantize, allow_failed=allow_failed, overwrite=overwrite,
             validate=build_dataset(cfg.dataset, cfg.eval.split) if validate else None,
             calibration=build_dataset(cfg.dataset, "train") if quantize else None,
             threat={"norm": cfg.eval.norm, "eps": cfg.eval.eps}, method=cfg.method, config=record,
             dataset_name=f"{cfg.dataset.name} ({cfg.eval.split})", **kwargs)
+        suffix = "_int8" if quantize == "int8" else ""  # what save_pretrained puts in the Hub-ready folder
+        setattr(self, f"onnx{suffix}", Path(path))
+        setattr(self, f"export_report{suffix}", result.report)
+        return result
 
     def __repr__(self) -> str:
         c = self._config

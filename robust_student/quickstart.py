@@ -44,6 +44,8 @@ class QuickstartSummary:
     eval_threat: str = ""
     n_eval: int = 0
     onnx: list[dict[str, Any]] = field(default_factory=list)  # the exported artifacts and their validation reports
+    hub_folder: str = ""  # the Hub-ready folder with the model card
+    checks_passed: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_text(self) -> str:
@@ -64,12 +66,23 @@ class QuickstartSummary:
             lines.append(f"  exported {artifact['path']}" if artifact["written"] else
                          f"  refused {artifact['path']} ({artifact['error']})")
             lines += [f"    {line}" for line in artifact["report_text"].splitlines()]
+        if self.checks_passed is not None:
+            lines.append("  gradient-masking checks: " + ("all passed" if self.checks_passed else
+                                                          "FAILED (see the model card)"))
+        if self.hub_folder:
+            lines.append(f"  model card {self.hub_folder}/README.md: the Hub-ready folder {self.hub_folder}/ "
+                         f"(upload: robust-student push {self.hub_folder} org/name)")
+            lines.append("  demo: robust-student demo")
         lines += [f"  {key}: {value}" for key, value in self.extra.items()]
         lines.append(f"  artifacts in {self.output_dir}/ ({self.seconds:.0f} s)")
         return "\n".join(lines)
 
 
 EXPORTS = (("student.onnx", None), ("student.int8.onnx", "int8"))
+CHECK_EXAMPLES = 100  # the gradient-masking checks run on the first 100 evaluation images,
+CHECK_SQUARE_QUERIES = 300  # with a 300-query Square (the full 5000 is the export validation's and AutoAttack's)
+CURVE_EPS = (0, "2/255", "4/255", "8/255", "16/255", 0.1, 0.2)  # the model card's robust accuracy vs eps
+CURVE_EXAMPLES = 200
 
 
 def _export(distiller: Any, path: Path, quantize: str | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +104,9 @@ def _export(distiller: Any, path: Path, quantize: str | None, options: dict[str,
 def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", data: str = "fashion-mnist",
                    output_dir: str | Path = DEFAULT_OUTPUT, recipe: str = "quickstart",
                    overrides: dict[str, Any] | None = None,
-                   export_options: dict[str, Any] | None = None) -> QuickstartSummary:
+                   export_options: dict[str, Any] | None = None, check_examples: int = CHECK_EXAMPLES,
+                   check_square_queries: int = CHECK_SQUARE_QUERIES,
+                   curve_examples: int = CURVE_EXAMPLES) -> QuickstartSummary:
     """Run the quickstart and write ``summary.json`` into ``output_dir``.
 
     ``recipe`` and ``overrides`` (``RobustDistiller`` keywords) set the distillation run; its checkpoints,
@@ -101,6 +116,7 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
     """
     from .api import RobustDistiller
     from .data import build_dataset
+    from .evaluation import eps_curve
     from .teachers import create_teacher
     from .teachers.zeroshot import zero_shot_accuracy
 
@@ -119,8 +135,11 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
                                             **{"train.output_dir": str(output / "run"), "train.overwrite": True,
                                                **(overrides or {})})
     student_model = distiller.fit()
-    report = distiller.evaluate(["clean", "pgd20"], checks=False, progress=False)
+    report = distiller.evaluate(["clean", "pgd20"], check_examples=check_examples,
+                                check_square_queries=check_square_queries, progress=False)
     onnx = [_export(distiller, output / name, quantize, dict(export_options or {})) for name, quantize in EXPORTS]
+    curve = eps_curve(student_model, test_set, eps_list=CURVE_EPS, n_examples=curve_examples, progress=False)
+    hub = distiller.save_pretrained(output / "hub", eps_curve=curve, overwrite=True)  # card, ONNX, reports
 
     summary = QuickstartSummary(
         teacher=teacher, dataset=data, teacher_zero_shot_accuracy=accuracy, n_test=len(test_set),
@@ -129,7 +148,7 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
         method=distiller.config.method, train_steps=distiller.result.steps,
         train_seconds=distiller.result.seconds, student_clean_accuracy=report.clean_accuracy,
         student_pgd20_accuracy=report.robust_accuracy["pgd20"], eval_threat=f"{report.threat} eps {report.eps_text}",
-        n_eval=report.n_examples, onnx=onnx,
+        n_eval=report.n_examples, onnx=onnx, hub_folder=str(hub), checks_passed=report.checks_passed,
     )
     summary.seconds = time.perf_counter() - start
     (output / "summary.json").write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")

@@ -138,11 +138,16 @@ def test_quickstart_distils_and_reports_clean_and_pgd20_accuracy(tmp_path):
                              overrides=_small(tmp_path, **{"train.output_dir": str(tmp_path / "qs" / "run"),
                                                            "eval.n_examples": 32}),
                              export_options={"n_examples": 16, "square_queries": 20, "attacks": ["pgd20"],
-                                             "calibration_images": 32})
+                                             "calibration_images": 32},
+                             check_examples=16, check_square_queries=20, curve_examples=16)
     assert summary.method == "rslad" and summary.train_steps == 4 and summary.n_eval == 32
     assert 0 <= summary.student_pgd20_accuracy <= summary.student_clean_accuracy <= 1
     assert "PGD-20 (linf eps 0.1)" in summary.to_text()
     assert (tmp_path / "qs" / "run" / "student" / "model.safetensors").is_file()
+    hub = tmp_path / "qs" / "hub"  # the Hub-ready folder with its model card
+    assert summary.hub_folder == str(hub) and {"README.md", "config.json", "model.safetensors", "robustness.json",
+                                               "eps_curve.png"} <= {p.name for p in hub.iterdir()}
+    assert f"model card {hub}/README.md" in summary.to_text() and "demo: robust-student demo" in summary.to_text()
     saved = json.loads((tmp_path / "qs" / "summary.json").read_text())
     assert saved["student_pgd20_accuracy"] is not None
     # Exported and validated under attack: FP32 and INT8, each written only if its validation passed.

@@ -222,3 +222,53 @@ def test_cli_push_prints_where_it_went_and_errors_in_one_line(hub, tmp_path, cap
     assert hub.repos["org/cli"].private is True
     assert main(["push", str(tmp_path), "org/cli"]) == 2
     assert "is not a saved student" in capsys.readouterr().err
+
+
+# -- with the ONNX export -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, report):
+    pytest.importorskip("onnxruntime")
+    from robust_student.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("exported")
+    student = _student()
+    data = build_dataset("synthetic:3", "test")
+    result = export_onnx(student, folder / "student.onnx", validate=data, n_examples=16, square_queries=30,
+                         attacks=("pgd20",), allow_failed=True)
+    return student, result, folder
+
+
+def test_the_card_carries_the_onnx_validation_and_the_folder_runs_without_torch_code(exported, report, tmp_path):
+    from robust_student.export import OnnxStudent
+
+    student, result, folder = exported
+    hub = save_pretrained(student, tmp_path / "hub", report=report, export_report=result.report,
+                          onnx=folder / "student.onnx", repo_id="org/onnx")
+    assert (hub / "model.onnx").is_file() and "onnx" in _front_matter(hub / "README.md")["tags"]
+    body = (hub / "README.md").read_text()
+    state = "passed" if result.report.passed else "FAILED"
+    assert f"- ONNX export (`model.onnx`, onnxruntime {result.report.provider}): validation {state} on 16 images" in body
+    for check in result.report.checks:
+        assert f"  - {check['name']}: " in body
+    assert 'OnnxStudent.from_pretrained("org/onnx")' in body
+    evidence = json.loads((hub / "robustness.json").read_text())
+    assert evidence["export"]["checks"] == result.report.to_dict()["checks"] and evidence["export_int8"] is None
+    onnx_student = OnnxStudent.from_pretrained(hub)
+    x = torch.rand(2, 3, 16, 16)
+    np_logits = onnx_student.logits(x.numpy())
+    torch.testing.assert_close(torch.from_numpy(np_logits), student(x), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_student_from_the_hub_fetches_only_what_it_needs(exported, report, hub, tmp_path):
+    from robust_student.export import OnnxStudent
+
+    student, result, folder = exported
+    local = save_pretrained(student, tmp_path / "hub", report=report, export_report=result.report,
+                            onnx=folder / "student.onnx")
+    push_to_hub(local, "org/onnx")
+    assert "model.onnx" in hub.files("org/onnx")
+    model = OnnxStudent.from_pretrained("org/onnx")
+    snapshot = next((tmp_path / "cache").glob("models--org--onnx/snapshots/*"))
+    assert sorted(p.name for p in snapshot.iterdir()) == ["config.json", "model.onnx"]
+    assert model.class_names == ["class 0", "class 1", "class 2"]

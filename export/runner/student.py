@@ -105,6 +105,27 @@ class Predictions:
         return np.array(rows, dtype=np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
+def _local_or_hub(source: str | os.PathLike, files: list[str]) -> Path:
+    """A local folder as it is; ``org/name`` / ``hf-hub:org/name`` (not an existing path) fetched from the Hub."""
+    text = str(source)
+    if Path(text).exists() or not (text.startswith("hf-hub:") or text.count("/") == 1 and not text.startswith(
+            (".", "/", "~"))):
+        return Path(text)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id = text.removeprefix("hf-hub:")
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it once, at import
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=files,
+                                      endpoint=endpoint.rstrip("/") if endpoint else None))
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(f"{repo_id} is not a local folder, and it is not in the Hugging Face cache while "
+                                "the Hub cannot be reached (offline?)") from None
+    except HfHubHTTPError as err:
+        raise FileNotFoundError(f"cannot fetch {repo_id} from the Hub ({str(err).splitlines()[0]})") from None
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
@@ -175,11 +196,13 @@ class OnnxStudent:
     # -- loading ----------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, precision: str = "fp32", **kwargs: Any) -> "OnnxStudent":
-        """Load ``model.onnx`` (or ``model.int8.onnx`` with ``precision="int8"``) from a saved student folder,
-        checking that its classes are those of the folder's ``config.json`` when there is one."""
-        directory = Path(directory)
+        """Load ``model.onnx`` (or ``model.int8.onnx`` with ``precision="int8"``) from a saved student folder, or
+        from the Hub (``"org/name"`` or ``"hf-hub:org/name"``: only that file and ``config.json`` are fetched,
+        into the Hugging Face cache; with ``HF_HUB_OFFLINE=1`` from the cache alone), checking that its classes
+        are those of the folder's ``config.json`` when there is one."""
         if precision not in FILENAMES:
             raise ValueError(f"precision must be one of {sorted(FILENAMES)}, got {precision!r}")
+        directory = _local_or_hub(directory, [FILENAMES[precision], "config.json"])
         path = directory / FILENAMES[precision]
         if not path.is_file():
             found = sorted(p.name for p in directory.glob("*.onnx")) if directory.is_dir() else []
