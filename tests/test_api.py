@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,6 +133,30 @@ def test_cli_fit_with_a_recipe_and_set_overrides(tmp_path, capsys):
     assert "Unknown recipe" in capsys.readouterr().err
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _card_fields(text: str) -> tuple[set[str], list[str], set[str]]:
+    """A card's front-matter keys, its section headings, and the metric names of its model-index."""
+    import yaml
+
+    front = yaml.safe_load(text.split("---\n")[1])
+    metrics = {m["name"] for r in front.get("model-index", [{}])[0].get("results", []) for m in r["metrics"]}
+    return set(front), [line for line in text.splitlines() if line.startswith("## ")], metrics
+
+
+def _check_the_readme_excerpt_has_the_fields_of(card: Path) -> None:
+    """The quickstart's card shown in README (an excerpt) has the fields the quickstart writes today."""
+    readme = README.read_text(encoding="utf-8")
+    block = readme.split("<!-- model-card-excerpt:start -->")[1].split("<!-- model-card-excerpt:end -->")[0]
+    excerpt = re.search(r"````markdown\n(.*?)````", block, re.S).group(1)
+    keys, headings, metrics = _card_fields(excerpt)
+    card_keys, card_headings, card_metrics = _card_fields(card.read_text(encoding="utf-8"))
+    # the quickstart here runs on synthetic data with a test teacher: no Hub dataset id, a licence named "other"
+    assert keys - {"datasets"} == card_keys - {"license_name"} and headings == card_headings
+    assert {m.split(",")[0] for m in metrics} == {m.split(",")[0] for m in card_metrics}  # same attacks
+
+
 def test_quickstart_distils_and_reports_clean_and_pgd20_accuracy(tmp_path):
     from robust_student.quickstart import run_quickstart
 
@@ -148,6 +174,7 @@ def test_quickstart_distils_and_reports_clean_and_pgd20_accuracy(tmp_path):
     assert summary.hub_folder == str(hub) and {"README.md", "config.json", "model.safetensors", "robustness.json",
                                                "eps_curve.png"} <= {p.name for p in hub.iterdir()}
     assert f"model card {hub}/README.md" in summary.to_text() and "demo: robust-student demo" in summary.to_text()
+    _check_the_readme_excerpt_has_the_fields_of(hub / "README.md")
     saved = json.loads((tmp_path / "qs" / "summary.json").read_text())
     assert saved["student_pgd20_accuracy"] is not None
     # Exported and validated under attack: FP32 and INT8, each written only if its validation passed.
