@@ -58,8 +58,8 @@ class CorruptImageError(ValueError):
 
     def __init__(self, path: str | os.PathLike, reason: object) -> None:
         self.path = Path(path)
-        super().__init__(f"Cannot read image {self.path}: {reason}. Delete or replace the file, or build the "
-                         "dataset with skip_corrupt=True to drop unreadable images.")
+        super().__init__(f"Cannot read image {self.path}: {reason}. Delete or replace the file, or skip unreadable "
+                         "images (dataset.skip_corrupt=true; --skip-corrupt for robust-student eval / zeroshot)")
 
 
 # -- reading one image ------------------------------------------------------------------------------------

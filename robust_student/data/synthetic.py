@@ -38,6 +38,8 @@ class Synthetic(LabeledImages):
 def synthetic(arg: str | None, *, split: str, image_size: int | None = None, seed: int = 0, n: int | None = None,
               **_: object) -> Synthetic:
     """``synthetic`` (10 classes) or ``synthetic:3``; 256 train / 64 val / 64 test images of 16 px by default."""
+    if arg is not None and (not arg.isdigit() or int(arg) < 1):
+        raise ValueError(f"synthetic:N_CLASSES needs a positive whole number of classes, got {arg!r}")
     num_classes = int(arg) if arg else 10
     size = n if n is not None else (256 if split == "train" else 64)
     return Synthetic(size, num_classes, image_size or 16, seed * 3 + SPLIT_OFFSETS[split], pattern_seed=seed)
