@@ -8,7 +8,7 @@ from __future__ import annotations
 from .base import METHODS, Batch, Method, MethodConfig, TrainState, create_method, list_methods, register_method
 
 # Each method module registers itself on import (a new method adds its module here).
-from . import adaad, ard, dghfa, kd, pgd_at, rslad, trades  # noqa: E402,F401  (baselines, then DGHFA)
+from . import adaad, ard, ciard, dghfa, fare, hpt_gpd, kd, mmt_ard, pgd_at, rslad, tecoa, trades  # noqa: E402,F401
 
 __all__ = ["METHODS", "Batch", "Method", "MethodConfig", "TrainState", "create_method", "list_methods",
            "register_method"]
