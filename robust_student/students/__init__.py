@@ -227,6 +227,25 @@ def _clip_tower(arch: str | None, *, image_size: int, teacher: Teacher | None = 
                     identity_head=True)
 
 
+def for_classes(student: Student, teacher: Teacher, classnames: Any, templates: Any,
+                labels: Any = None) -> Student:
+    """A copy of ``student`` that scores ``classnames`` through ``teacher``'s text encoder: zero-shot
+    classification of classes the student may never have trained on (the held-out-class evaluation).
+
+    ``teacher`` must embed text in the student's space (the teacher it was distilled from, or one sharing its
+    text tower); its zero-shot classifier is rebuilt for these classes. The student's logit scale is kept.
+    """
+    if teacher.embed_dim != student.embed_dim:
+        raise ValueError(f"{teacher.name} embeds text in {teacher.embed_dim} dimensions, the student in "
+                         f"{student.embed_dim}: score new classes with the teacher the student was distilled from")
+    teacher.set_classes(classnames, templates)
+    out = copy.deepcopy(student)
+    out.set_classifier(teacher.classifier, classnames=teacher.classnames)
+    out.labels = list(labels) if labels is not None else list(teacher.classnames)
+    out.spec = {**student.spec, "num_classes": out.num_classes}
+    return out
+
+
 def start_from_teacher(student: Student, teacher: Teacher, *, freeze_head: bool = True, atol: float = 1e-4) -> None:
     """Make ``student`` (an open_clip tower student) equal to ``teacher``'s image tower: copy the tower's weights
     and normalisation, set the projection to the identity (frozen unless ``freeze_head=False``), and check on a
@@ -270,4 +289,4 @@ def start_from_teacher(student: Student, teacher: Teacher, *, freeze_head: bool 
 
 
 __all__ = ["Student", "Backbone", "STUDENTS", "DOWNLOAD_ARGS", "create_student", "list_students", "register_student",
-           "start_from_teacher"]
+           "start_from_teacher", "for_classes"]
