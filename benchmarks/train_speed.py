@@ -296,7 +296,9 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{s['steps']}-step PGD, median of {s['repeats']} interleaved repetitions. Every teacher role is a copy "
             "of the same teacher; CIARD's adv teacher trains its head (after its warm-up); HPT-GPD's anchor is a "
             "copy of the student; FARE and TeCoA distil into the compact student here (`init_from_teacher=False`: "
-            "their real use fine-tunes the teacher's own tower, a different student).", "",
+            "their real use fine-tunes the teacher's own tower, a different student). Measured in its own run "
+            "(`python benchmarks/train_speed.py --only-paper-bench`), so compare its ratios, not its seconds, with "
+            "the tables above.", "",
             "| method | s / step | x RSLAD |", "|---|---:|---:|",
         ]
         lines += [f"| {r['method']} | {r['seconds_per_step']:.3f} | {r['vs_rslad']:.2f} |" for r in paper]
