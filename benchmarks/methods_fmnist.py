@@ -84,6 +84,7 @@ def make_runs(adv: str, clean: str, proxy: str) -> dict[str, dict[str, Any]]:
 
 
 RUNS = make_runs(ADV, CLEAN, PROXY)
+EVAL_KEYS = ("eval_eps", "n_eval", "n_aa", "n_check")
 WARM = {"warm": ("kd-warmstart", None), "warm7": ("kd-warmstart-7", SEEN)}
 GROUPS = {"mmt": "MMT-ARD vs single-teacher distillation from the adv teacher",
           "ciard": "CIARD vs the same dual-teacher loss without its parts",
@@ -297,13 +298,17 @@ def main() -> None:
     if args.fresh and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # Rows are reused when they were trained with these settings; the evaluation may change (a row evaluated
+    # with other evaluation settings is evaluated again, e.g. AutoAttack on more images later).
     settings_file = workdir / "settings.json"
-    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "notes", "output", "fresh", "skip_eval",
-                                                                  "threads", "log_every", "workdir")}
+    settings = {k: v for k, v in vars(args).items() if k not in EVAL_KEYS + ("runs", "notes", "output", "fresh",
+                                                                            "skip_eval", "threads", "log_every",
+                                                                            "workdir")}
     if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
         raise SystemExit(f"{workdir} holds rows trained with other settings ({settings_file}): pass --fresh or "
                          "another --workdir")
     settings_file.write_text(json.dumps(settings, indent=2))
+    eval_settings = {k: getattr(args, k) for k in EVAL_KEYS}
 
     kinds = dict.fromkeys(RUNS[label].get("student", "warm") for label in args.runs)
     runs: dict[str, Any] = {}
@@ -320,8 +325,9 @@ def main() -> None:
             run = train_run(label, args, workdir)
             cache.write_text(json.dumps(run, indent=2))
         logging.info("%s trained in %.1f min (finite: %s)", label, run["train_seconds"] / 60, run["finite"])
-        if not args.skip_eval and "eval" not in run:
+        if not args.skip_eval and run.get("eval_settings") != eval_settings:
             run["eval"] = evaluate_run(label, args, workdir)
+            run["eval_settings"] = eval_settings
             cache.write_text(json.dumps(run, indent=2))
         runs[label] = run
         write_results(args, runs)

@@ -153,3 +153,18 @@ def test_a_tuned_tower_becomes_a_teacher_again_with_the_original_text_tower(tiny
     x = torch.rand(4, 3, 8, 8)
     torch.testing.assert_close(teacher(x), student(x), atol=1e-5, rtol=1e-5)  # the tuned image tower
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+@pytest.mark.parametrize("method", ["mmt-ard", "ciard", "hpt-gpd"])
+def test_the_multi_teacher_methods_train_a_clip_student_too(tiny_clip_dir, method):
+    teacher = _teacher(tiny_clip_dir)
+    student = create_student("clip", teacher, image_size=8).train()
+    m = create_method(method, attack=rs.AttackConfig(steps=2, step_size=0.05), threat=rs.ThreatConfig(eps=0.1))
+    teachers = {role: teacher for role in m.teacher_roles}
+    m.setup(student, teachers)
+    batch = {"image": torch.rand(4, 3, 8, 8), "label": torch.tensor([0, 1, 2, 0])}
+    out = m.loss(batch, student, teachers, TrainState(total_steps=10))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert any(p.grad.abs().sum() > 0 for p in student.backbone.visual.parameters())
