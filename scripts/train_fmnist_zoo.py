@@ -44,7 +44,7 @@ MODELS: dict[str, dict[str, Any]] = {
              "step_size": 0.025, "random_start": "uniform"},
     "tecoa": {"method": "tecoa", "student": "clip", "n_train": 30000, "epochs": 2, "lr": 5e-4, "steps": 10,
               "step_size": 0.025, "random_start": "uniform"},
-    "cnn": {"method": "pgd-at", "student": "resnet_tiny", "n_train": 55000, "epochs": 8, "lr": 3e-3, "steps": 0,
+    "cnn": {"method": "pgd-at", "student": "resnet_tiny", "n_train": 55000, "epochs": 4, "lr": 3e-3, "steps": 0,
             "step_size": 0.0, "random_start": "none"},
 }
 
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=float, default=0.1)
     p.add_argument("--width", type=int, default=16, help="resnet_tiny width of the cnn tower")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (2 OpenMP threads ran far slower on shared cores)")
     p.add_argument("--n-pgd", type=int, default=1000, help="test images for PGD-20 (seeded subset)")
     p.add_argument("--n-aa", type=int, default=500, help="test images for AutoAttack (0: skip)")
     p.add_argument("--workdir", help="run folder (default runs/zoo/<model>)")
