@@ -25,7 +25,7 @@ from .config import AttackConfig, DataConfig, DistillConfig, EvalConfig, Teacher
 from .data import DATASETS, build_dataset, check_training_data
 from .evaluation import RobustnessReport, check_request, evaluate_robustness
 from .methods import METHODS, Method, create_method
-from .students import STUDENTS, Student, create_student
+from .students import STUDENTS, Student, create_student, for_classes
 from .teachers import TEACHERS, Teacher, create_teacher
 from .training import Trainer, TrainResult, preflight
 
@@ -174,10 +174,13 @@ class RobustDistiller:
         return self._student
 
     def evaluate(self, attacks: Sequence[str] | None = None, *, n_examples: int | None = None,
-                 split: str | None = None, **kwargs: Any) -> RobustnessReport:
+                 split: str | None = None, classes: Sequence[str] | None = None, **kwargs: Any) -> RobustnessReport:
         """Evaluate the student under ``attacks`` (default ``config.eval.attacks``) at ``config.eval``'s threat.
 
-        Extra keyword arguments go to :func:`evaluate_robustness` (``checks=False``, ``attack_options=...``).
+        ``classes`` (label names): evaluate on those classes only, scored through the teacher's text encoder
+        (:func:`~robust_student.students.for_classes`) - zero-shot to classes the student never trained on when
+        it was fitted with ``dataset.classes`` naming the others. Extra keyword arguments go to
+        :func:`evaluate_robustness` (``checks=False``, ``attack_options=...``).
         """
         if self._student is None:
             raise RuntimeError("There is no student to evaluate yet: call fit() first (or pass student=...)")
@@ -187,13 +190,23 @@ class RobustDistiller:
         threat = kwargs["threat"]
         check_request(attacks, threat_from_config(threat) if isinstance(threat, ThreatConfig) else threat,
                       n_examples=n_examples or ev.n_examples, batch_size=ev.batch_size)
-        data = build_dataset(self._config.dataset, split or ev.split)
-        self.report = evaluate_robustness(
-            self._student, data, attacks=attacks, n_examples=n_examples or ev.n_examples,
-            batch_size=ev.batch_size, seed=ev.seed, model_name=f"{self._config.student} ({self._config.method})",
-            dataset_name=self._config.dataset.name, **kwargs,
+        model, model_name = self._student, f"{self._config.student} ({self._config.method})"
+        data_config, dataset_name = self._config.dataset, self._config.dataset.name
+        if classes is not None:
+            data_config = DataConfig.from_dict({**data_config.to_dict(), "classes": list(classes)})
+        data = build_dataset(data_config, split or ev.split)
+        if classes is not None:
+            model = for_classes(self._student, self._text_teacher(), data.prompts.classnames, data.prompts.templates,
+                                labels=data.labels)
+            model_name += ", zero-shot through the teacher's text encoder"
+            dataset_name += f" classes {', '.join(data.labels)}"
+        report = evaluate_robustness(
+            model, data, attacks=attacks, n_examples=n_examples or ev.n_examples,
+            batch_size=ev.batch_size, seed=ev.seed, model_name=model_name, dataset_name=dataset_name, **kwargs,
         )
-        return self.report
+        if classes is None:  # the report the model card shows (a held-out-class one is not the model's)
+            self.report = report
+        return report
 
     def save_pretrained(self, directory: str | Path, **kwargs: Any) -> Path:
         """Write the Hub-ready folder (weights, config, ONNX when exported, robustness.json, eps curve, model
@@ -287,6 +300,16 @@ class RobustDistiller:
                 get_attack(attack)
         if cfg.train.eval_examples > 0:
             get_attack(cfg.train.val_attack)
+
+    def _text_teacher(self) -> Teacher:
+        """The teacher whose text embeddings are the student's classifier: the one passed in, else the method's
+        first role (``teacher`` / ``teachers``)."""
+        cfg = self._config
+        if self._teacher is not None:
+            return self._teacher
+        roles = METHODS.get(cfg.method).teacher_roles
+        spec = cfg.teacher_spec(roles[0], first_role=True) if roles else TeacherSpec(name=cfg.teacher)
+        return create_teacher(spec.name, **{**cfg.teacher_args, **spec.args})
 
     def _teachers_for_roles(self, prompts: Any) -> dict[str, Teacher]:
         """One teacher per method role (``teacher_args`` reach every role; a role's own ``args`` win), with the

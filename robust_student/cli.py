@@ -66,10 +66,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _data_config(spec: str, skip_corrupt: bool, image_size: int | None = None):
+def _data_config(spec: str, skip_corrupt: bool, image_size: int | None = None, classes: list[str] | None = None):
     from .config import DataConfig
 
-    return DataConfig(name=spec, skip_corrupt=skip_corrupt, image_size=image_size)
+    return DataConfig(name=spec, skip_corrupt=skip_corrupt, image_size=image_size, classes=classes)
 
 
 def _zeroshot_args(p: argparse.ArgumentParser) -> None:
@@ -183,6 +183,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="resize images (default: the student's training size / the teacher's input size)")
     p.add_argument("--skip-corrupt", action="store_true", help="skip (and count) images that cannot be read")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks (not recommended)")
+    p.add_argument("--classes", nargs="+", metavar="LABEL",
+                   help="evaluate on these classes only; a student scores them through its teacher's text encoder "
+                        "(zero-shot to classes it did not train on, e.g. after fit with dataset.classes)")
+    p.add_argument("--text-teacher", metavar="TEACHER",
+                   help="with --classes: the teacher whose text encoder scores them (default: the one the student "
+                        "records)")
     p.add_argument("--output", help="also write the report as JSON to this file")
     p.add_argument("--curve", metavar="STEM", help="also measure robust accuracy vs eps -> STEM.json, STEM.png")
 
@@ -201,10 +207,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if name != "clean":
             get_attack(name)
     DATASETS.resolve(args.data)
+    if args.text_teacher and not args.classes:
+        raise ValueError("--text-teacher scores the classes named by --classes; give --classes too")
     model, image_size = _model_for_eval(args.model)
-    dataset = build_dataset(_data_config(args.data, args.skip_corrupt, args.image_size or image_size), args.split)
+    dataset = build_dataset(_data_config(args.data, args.skip_corrupt, args.image_size or image_size, args.classes),
+                            args.split)
     if not hasattr(model, "spec"):  # a teacher: zero-shot on this dataset's prompts
         model.set_classes(dataset.prompts.classnames, dataset.prompts.templates)
+    elif args.classes:  # a student: the chosen classes through its teacher's text encoder
+        from .students import for_classes
+        from .teachers import create_teacher
+
+        recorded = getattr(model, "teacher_provenance", {}) or {}
+        if not args.text_teacher and not recorded.get("spec"):
+            raise ValueError(f"{args.model} records no teacher to score new classes with: give --text-teacher")
+        teacher = (create_teacher(args.text_teacher) if args.text_teacher
+                   else create_teacher(recorded["spec"], **recorded.get("args", {})))
+        model = for_classes(model, teacher, dataset.prompts.classnames, dataset.prompts.templates,
+                            labels=dataset.labels)
     report = evaluate_robustness(model, dataset, args.attacks, threat, n_examples=args.n_examples,
                                  batch_size=args.batch_size, seed=args.seed, checks=not args.no_checks,
                                  model_name=args.model, dataset_name=f"{args.data} ({args.split})")

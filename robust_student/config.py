@@ -301,6 +301,8 @@ class DataConfig(ConfigBase):
 
     ``image_size``: resize every image to this square size (required when the images differ in size).
     ``max_train_examples``: use only the first N training images (they are in a seeded random order).
+    ``classes``: keep only these classes (label names), relabelled 0..k-1 in the dataset's order, in every
+    split: train on a subset and evaluate on the others zero-shot (``evaluate(classes=...)``).
     """
 
     name: str = "fashion-mnist"
@@ -310,11 +312,17 @@ class DataConfig(ConfigBase):
     num_workers: int = 0
     max_train_examples: int | None = None
     seed: int = 0
+    classes: list[str] | None = None
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific, e.g. {"label_column": "Target"}
 
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("name", "must name a dataset, e.g. 'fashion-mnist' or 'imagefolder:/data/x'")
+        if self.classes is not None:
+            if not self.classes:
+                raise ConfigError("classes", "is empty; name the classes to keep, or null for all of them")
+            if len(set(self.classes)) != len(self.classes):
+                raise ConfigError("classes", f"names a class twice: {self.classes}")
         require_at_least("image_size", self.image_size, 1)
         require_at_least("num_workers", self.num_workers, 0)
         require_at_least("max_train_examples", self.max_train_examples, 1)

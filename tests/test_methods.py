@@ -20,9 +20,19 @@ STEPS = 6  # enough PGD iterates for every method's defaults (DGHFA aligns 6 of 
 BASELINES = ["kd", "pgd-at", "trades", "ard", "rslad", "adaad"]
 
 
-def make(name: str, student, **attack) -> Method:
+# Method arguments for the contract tests with the tiny conv teacher and resnet_tiny student: FARE and TeCoA start
+# from an open_clip teacher's own tower by default (tests/test_fare_tecoa.py covers that), which the tiny pair lacks.
+CONTRACT_ARGS = {"fare": {"init_from_teacher": False}, "tecoa": {"init_from_teacher": False}}
+
+
+def make(name: str, student, teacher=None, **attack) -> Method:
+    """The method as the trainer builds it; with ``teacher``, also ``setup`` (every role gets that teacher)."""
     attack_cfg = AttackConfig(**{"steps": STEPS, **attack})
-    return create_method(name, attack=attack_cfg, num_classes=student.num_classes, embed_dim=student.embed_dim)
+    method = create_method(name, CONTRACT_ARGS.get(name), attack=attack_cfg, num_classes=student.num_classes,
+                           embed_dim=student.embed_dim)
+    if teacher is not None:
+        method.setup(student, teachers_for(method, teacher))
+    return method
 
 
 def teachers_for(method: Method, teacher) -> dict[str, nn.Module]:
@@ -38,7 +48,7 @@ def test_the_baselines_are_registered():
 @pytest.mark.parametrize("name", list_methods())
 def test_loss_is_a_finite_scalar_with_detached_terms(name, tiny_student, tiny_teacher, batch):
     torch.manual_seed(0)
-    method = make(name, tiny_student)
+    method = make(name, tiny_student, tiny_teacher)
     out = method.loss(batch, tiny_student.train(), teachers_for(method, tiny_teacher), TrainState(total_steps=10))
     loss = out["loss"]
     assert loss.ndim == 0 and torch.isfinite(loss) and loss.requires_grad
@@ -50,7 +60,7 @@ def test_loss_is_a_finite_scalar_with_detached_terms(name, tiny_student, tiny_te
 @pytest.mark.parametrize("name", list_methods())
 def test_gradients_reach_every_trainable_student_parameter(name, tiny_student, tiny_teacher, batch):
     torch.manual_seed(0)
-    method = make(name, tiny_student)
+    method = make(name, tiny_student, tiny_teacher)
     method.loss(batch, tiny_student.train(), teachers_for(method, tiny_teacher), TrainState())["loss"].backward()
     params = {n: p for n, p in tiny_student.named_parameters() if p.requires_grad}
     missing = [n for n, p in params.items() if p.grad is None]
@@ -62,7 +72,7 @@ def test_gradients_reach_every_trainable_student_parameter(name, tiny_student, t
 @pytest.mark.parametrize("name", list_methods())
 def test_frozen_teachers_get_no_gradient_and_stay_in_eval_mode(name, tiny_student, tiny_teacher, batch):
     torch.manual_seed(0)
-    method = make(name, tiny_student)
+    method = make(name, tiny_student, tiny_teacher)
     image = batch["image"].clone()
     before = {k: v.clone() for k, v in tiny_teacher.state_dict().items()}
     method.loss(batch, tiny_student.train(), teachers_for(method, tiny_teacher), TrainState())["loss"].backward()
@@ -77,7 +87,7 @@ def test_frozen_teachers_get_no_gradient_and_stay_in_eval_mode(name, tiny_studen
 @pytest.mark.parametrize("name", list_methods())
 def test_method_state_round_trips_through_a_checkpoint(name, tiny_student, tiny_teacher, batch, tmp_path):
     torch.manual_seed(0)
-    method = make(name, tiny_student)
+    method = make(name, tiny_student, tiny_teacher)
     teachers = teachers_for(method, tiny_teacher)
     state = TrainState(step=0, epoch=0, total_steps=4, total_epochs=2)
     for _ in range(2):  # let adaptive methods move their buffers away from the initial values
@@ -86,7 +96,7 @@ def test_method_state_round_trips_through_a_checkpoint(name, tiny_student, tiny_
     method.on_epoch_end(state)
 
     write_part(tmp_path, "method", method.state_dict())
-    restored = make(name, tiny_student)
+    restored = make(name, tiny_student, tiny_teacher)
     restored.load_state_dict(read_part(tmp_path, "method")[0], strict=True)
     saved = method.state_dict()
     assert saved.keys() == restored.state_dict().keys()

@@ -248,7 +248,8 @@ def test_the_card_carries_the_onnx_validation_and_the_folder_runs_without_torch_
     assert (hub / "model.onnx").is_file() and "onnx" in _front_matter(hub / "README.md")["tags"]
     body = (hub / "README.md").read_text()
     state = "passed" if result.report.passed else "FAILED"
-    assert f"- ONNX export (`model.onnx`, onnxruntime {result.report.provider}): validation {state} on 16 images" in body
+    provider = result.report.provider
+    assert f"- ONNX export (`model.onnx`, onnxruntime {provider}): validation {state} on 16 images" in body
     for check in result.report.checks:
         assert f"  - {check['name']}: " in body
     assert 'OnnxStudent.from_pretrained("org/onnx")' in body

@@ -57,6 +57,8 @@ def build_dataset(config: DataConfig | str, split: str = "train", **overrides: A
                                "skip_corrupt": config.skip_corrupt, "prompts": config.prompts, **config.options}
     options.update(overrides)
     dataset = factory(arg, split=split, **options)
+    if config.classes is not None:
+        dataset = dataset.select_classes(config.classes)
     if split == "train" and config.max_train_examples is not None:
         dataset = dataset.subset(range(min(len(dataset), config.max_train_examples)))
     return dataset

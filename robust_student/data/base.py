@@ -53,6 +53,10 @@ class LabeledImages(Dataset):
     def subset(self, indices: Iterable[int]) -> "Subset":
         return Subset(self, list(indices))
 
+    def select_classes(self, classes: Sequence[str]) -> "ClassSubset":
+        """The images of ``classes`` (label names) only, relabelled 0..k-1 in this dataset's class order."""
+        return ClassSubset(self, classes)
+
 
 class Subset(LabeledImages):
     """A view of ``indices`` of another dataset that keeps its labels and prompts."""
@@ -74,6 +78,42 @@ class Subset(LabeledImages):
     def targets(self) -> list[int]:
         parent_targets = self.parent.targets()
         return [parent_targets[i] for i in self.indices]
+
+
+class ClassSubset(LabeledImages):
+    """The images of some classes of another dataset, relabelled 0..k-1 in the parent's class order, with the
+    matching labels and prompts (a classifier built from ``prompts`` scores exactly these classes)."""
+
+    def __init__(self, parent: LabeledImages, classes: Sequence[str]) -> None:
+        wanted = {str(c).lower() for c in classes}
+        known = {label.lower() for label in parent.labels}
+        unknown = [c for c in classes if str(c).lower() not in known]
+        if unknown:
+            raise ValueError(f"{parent.name or 'the dataset'} has no class {unknown[0]!r}; its classes are "
+                             f"{', '.join(parent.labels)}")
+        keep = [i for i, label in enumerate(parent.labels) if label.lower() in wanted]
+        remap = {old: new for new, old in enumerate(keep)}
+        targets = parent.targets()
+        self.parent = parent
+        self.indices = [i for i, t in enumerate(targets) if t in remap]
+        self._targets = [remap[targets[i]] for i in self.indices]
+        self.labels = [parent.labels[i] for i in keep]
+        p = parent.prompts
+        self.prompts = PromptSet(p.name, tuple(p.classnames[i] for i in keep), p.templates,
+                                 tuple(p.labels[i] for i in keep) if p.labels else tuple(self.labels))
+        self.name = parent.name
+        self.image_size = None  # the parent already resizes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor | int]:
+        item = dict(self.parent[self.indices[int(index)]])
+        item["label"] = self._targets[int(index)]
+        return item
+
+    def targets(self) -> list[int]:
+        return list(self._targets)
 
 
 def resolve_prompts(prompts: PromptSet | str | None, labels: Sequence[str]) -> PromptSet:

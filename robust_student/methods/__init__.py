@@ -9,7 +9,7 @@ from .base import (METHODS, Batch, Method, MethodConfig, Paper, TrainState, crea
                    register_method)
 
 # Each method module registers itself on import (a new method adds its module here).
-from . import adaad, ard, dghfa, kd, pgd_at, rslad, trades  # noqa: E402,F401  (baselines, then DGHFA)
+from . import adaad, ard, ciard, dghfa, fare, hpt_gpd, kd, mmt_ard, pgd_at, rslad, tecoa, trades  # noqa: E402,F401
 
 __all__ = ["METHODS", "Batch", "Method", "MethodConfig", "Paper", "TrainState", "create_method", "list_methods",
            "method_paper", "register_method"]

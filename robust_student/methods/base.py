@@ -107,6 +107,14 @@ class Method(nn.Module):
         overrides the lr. Default: none (the run's lr and optimiser settings)."""
         return {}
 
+    def lr_factor(self, group: str, state: TrainState, default: float) -> float:
+        """The lr multiplier of param group ``group`` at ``state.step``: ``default`` is the run's schedule
+        (``train.scheduler`` with ``train.warmup_epochs``). Groups: ``"student"``, ``"method"`` (or the names
+        :meth:`param_groups` gives), ``"teacher:<role>"``. A method whose paper prescribes a schedule overrides
+        this (HPT-GPD's two phases, CIARD's teacher warm-up); it must depend on ``state`` only, so resume is exact.
+        """
+        return default
+
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimiser groups for method-owned parameters (none by default)."""
         params = [p for p in self.parameters() if p.requires_grad]

@@ -7,6 +7,7 @@ unless asked (``pretrained=True``), so everything builds offline.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -18,12 +19,20 @@ from .base import Student
 
 
 class Backbone(NamedTuple):
-    """What a backbone factory returns: the module (normalised images -> [B, F]), F, and its mean/std."""
+    """What a backbone factory returns: the module (normalised images -> [B, F]), F, and its mean/std.
+
+    ``spec_args``: arguments the factory adds to the student's saved spec so that it rebuilds without what it was
+    built from (the ``clip`` student built from a teacher records the tower's config, never the teacher's
+    weights); ``identity_head``: the backbone already ends in the teacher's embedding space (a CLIP image
+    tower), so the student's projection starts as the identity and the student starts equal to the tower.
+    """
 
     module: nn.Module
     feature_dim: int
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    spec_args: dict[str, Any] | None = None
+    identity_head: bool = False
 
 
 STUDENTS: Registry[Callable[..., Backbone]] = Registry("student")
@@ -32,9 +41,14 @@ STUDENTS: Registry[Callable[..., Backbone]] = Registry("student")
 DOWNLOAD_ARGS = ("pretrained",)
 
 
-def register_student(name: str, *, takes_arg: bool = False, usage: str | None = None):
-    """Register a backbone factory ``f(arg, image_size=..., **kwargs) -> Backbone``."""
-    return STUDENTS.register(name, takes_arg=takes_arg, usage=usage)
+def register_student(name: str, *, takes_arg: bool | str = False, usage: str | None = None,
+                     needs_teacher: bool = False):
+    """Register a backbone factory ``f(arg, image_size=..., **kwargs) -> Backbone``.
+
+    ``needs_teacher``: the factory also receives ``teacher=`` (the teacher the student is built for, or None),
+    e.g. to start from the teacher's own image tower.
+    """
+    return STUDENTS.register(name, takes_arg=takes_arg, usage=usage, metadata={"needs_teacher": needs_teacher})
 
 
 def list_students() -> list[str]:
@@ -70,8 +84,11 @@ def create_student(
         raise ValueError(f"a student needs at least one class, got num_classes={num_classes!r}")
     if int(image_size) < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    backbone = factory(arg, image_size=image_size, **kwargs)
-    spec = {"name": name, "args": {k: v for k, v in kwargs.items() if k not in DOWNLOAD_ARGS},
+    needs_teacher = (STUDENTS.metadata(name) or {}).get("needs_teacher", False)
+    backbone = factory(arg, image_size=image_size, **kwargs, **({"teacher": teacher} if needs_teacher else {}))
+    args = {k: v for k, v in kwargs.items() if k not in DOWNLOAD_ARGS}
+    args.update(backbone.spec_args or {})
+    spec = {"name": name, "args": args,
             "embed_dim": int(embed_dim), "num_classes": int(num_classes), "image_size": int(image_size)}
     student = Student(
         backbone.module,
@@ -82,6 +99,7 @@ def create_student(
         std=backbone.std,
         logit_scale=logit_scale if logit_scale is not None else 100.0,
         spec=spec,
+        identity_head=backbone.identity_head,
     )
     if teacher is not None and teacher.num_classes:
         student.set_classifier(teacher.classifier, teacher.logit_scale, teacher.classnames)
@@ -170,19 +188,105 @@ class _OpenClipTower(nn.Module):
         return out["image_intermediates"] if isinstance(out, dict) else out
 
 
-@register_student("clip", takes_arg=True, usage="clip:<open_clip arch>")
-def _clip_tower(arch: str, *, image_size: int, pretrained: str | None = None, **kwargs: Any) -> Backbone:
-    """The image tower of an open_clip architecture (e.g. ``clip:ViT-B-32``), random init unless ``pretrained``.
+@register_student("clip", takes_arg="optional", usage="clip[:<open_clip arch>]", needs_teacher=True)
+def _clip_tower(arch: str | None, *, image_size: int, teacher: Teacher | None = None, pretrained: str | None = None,
+                tower_cfg: dict[str, Any] | None = None, **kwargs: Any) -> Backbone:
+    """An open_clip image tower: ``clip`` is the teacher's own tower with its weights; ``clip:<arch>`` a new one.
 
-    ``pretrained`` is an open_clip tag or a local checkpoint file; the tower is built at ``image_size``.
+    ``clip`` (no architecture) copies the run's (first) teacher's image tower, weights and normalisation, so the
+    student starts equal to the teacher (FARE, TeCoA, HPT-GPD fine-tune it); the saved student records only the
+    tower's config (``tower_cfg``) and rebuilds from it. ``clip:<arch>`` (e.g. ``clip:ViT-B-32``) builds the
+    tower of an open_clip architecture at ``image_size``, random init unless ``pretrained`` (an open_clip tag
+    or a local checkpoint file).
     """
     import open_clip
 
-    model = open_clip.create_model(arch, pretrained=pretrained, force_image_size=image_size, **kwargs)
-    visual = model.visual
-    mean = tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN)
-    std = tuple(getattr(visual, "image_std", None) or OPENAI_STD)
-    return Backbone(_OpenClipTower(visual), int(visual.output_dim), mean, std)
+    from ..teachers.open_clip import build_image_tower
+
+    if arch is not None:
+        model = open_clip.create_model(arch, pretrained=pretrained, force_image_size=image_size, **kwargs)
+        visual = model.visual
+        mean = tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN)
+        std = tuple(getattr(visual, "image_std", None) or OPENAI_STD)
+        return Backbone(_OpenClipTower(visual), int(visual.output_dim), mean, std)
+    if tower_cfg is not None:  # rebuilding a saved student: its weights come from its own file
+        visual = build_image_tower(tower_cfg, image_size)
+        return Backbone(_OpenClipTower(visual), int(visual.output_dim), OPENAI_MEAN, OPENAI_STD,
+                        spec_args={"tower_cfg": tower_cfg})
+    cfg = getattr(teacher, "tower_cfg", None)
+    if teacher is None or cfg is None:
+        what = "no teacher" if teacher is None else f"teacher {teacher.name!r}, whose image tower config is unknown"
+        raise ValueError(f"student 'clip' copies an open_clip teacher's image tower, but it was built for {what}; "
+                         "name an architecture instead, e.g. student 'clip:ViT-B-32'")
+    if int(image_size) != teacher.input_size:
+        raise ValueError(f"student 'clip' is {teacher.name}'s image tower, which takes {teacher.input_size}-px "
+                         f"images, but the data are {image_size} px: set dataset.image_size={teacher.input_size}")
+    visual = copy.deepcopy(teacher.tunable_tower()).float().requires_grad_(True).train()
+    mean, std = (tuple(t.flatten().tolist()) for t in (teacher.mean, teacher.std))
+    return Backbone(_OpenClipTower(visual), int(visual.output_dim), mean, std, spec_args={"tower_cfg": cfg},
+                    identity_head=True)
 
 
-__all__ = ["Student", "Backbone", "STUDENTS", "DOWNLOAD_ARGS", "create_student", "list_students", "register_student"]
+def for_classes(student: Student, teacher: Teacher, classnames: Any, templates: Any,
+                labels: Any = None) -> Student:
+    """A copy of ``student`` that scores ``classnames`` through ``teacher``'s text encoder: zero-shot
+    classification of classes the student may never have trained on (the held-out-class evaluation).
+
+    ``teacher`` must embed text in the student's space (the teacher it was distilled from, or one sharing its
+    text tower); its zero-shot classifier is rebuilt for these classes. The student's logit scale is kept.
+    """
+    if teacher.embed_dim != student.embed_dim:
+        raise ValueError(f"{teacher.name} embeds text in {teacher.embed_dim} dimensions, the student in "
+                         f"{student.embed_dim}: score new classes with the teacher the student was distilled from")
+    teacher.set_classes(classnames, templates)
+    out = copy.deepcopy(student)
+    out.set_classifier(teacher.classifier, classnames=teacher.classnames)
+    out.labels = list(labels) if labels is not None else list(teacher.classnames)
+    out.spec = {**student.spec, "num_classes": out.num_classes}
+    return out
+
+
+def start_from_teacher(student: Student, teacher: Teacher, *, freeze_head: bool = True, atol: float = 1e-4) -> None:
+    """Make ``student`` (an open_clip tower student) equal to ``teacher``'s image tower: copy the tower's weights
+    and normalisation, set the projection to the identity (frozen unless ``freeze_head=False``), and check on a
+    probe batch that both embed alike (an activation mismatch, e.g. QuickGELU, changes nothing in the weights).
+
+    FARE and TeCoA call this in ``setup``: they fine-tune the teacher's own tower, which can then serve as a
+    teacher again with the original text tower (the ``student:<folder>`` teacher).
+    """
+    tower = teacher.tunable_tower()
+    if not isinstance(student, Student) or not isinstance(student.backbone, _OpenClipTower):
+        raise ValueError(f"this method fine-tunes the teacher's image tower, so the student must be one: use student "
+                         f"'clip' (the teacher's own tower), not {getattr(student, 'spec', {}).get('name', student)!r}")
+    from ..fileio import state_mismatch
+
+    mismatch = state_mismatch(student.backbone.visual.state_dict(), tower.state_dict())
+    if mismatch is not None:
+        raise ValueError(f"the student's image tower is not {teacher.name}'s architecture ({mismatch}); use student "
+                         "'clip' (the teacher's own tower) or clip:<the teacher's architecture>")
+    if student.embed_dim != teacher.embed_dim or int(student.spec.get("image_size", teacher.input_size)) != \
+            teacher.input_size:
+        raise ValueError(f"the student ({student.embed_dim}-d, {student.spec.get('image_size')} px) does not match "
+                         f"{teacher.name}'s tower ({teacher.embed_dim}-d, {teacher.input_size} px)")
+    with torch.no_grad():
+        student.backbone.visual.load_state_dict(tower.state_dict())
+        student.mean.copy_(teacher.mean.view_as(student.mean))
+        student.std.copy_(teacher.std.view_as(student.std))
+        student.head.weight.copy_(torch.eye(student.embed_dim))
+        student.head.bias.zero_()
+    student.head.requires_grad_(not freeze_head)
+    probe = torch.rand(2, student.mean.shape[1], teacher.input_size, teacher.input_size,
+                       generator=torch.Generator().manual_seed(0)).to(student.mean.device)
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        gap = (student.encode_image(probe) - teacher.encode_image(probe)).abs().max().item()
+    student.train(was_training)
+    if gap > atol:
+        raise ValueError(f"after copying {teacher.name}'s image tower the student still embeds differently (max "
+                         f"difference {gap:.2e}): the architectures differ in something without weights (QuickGELU? "
+                         "use the '-quickgelu' architecture for OpenAI weights), or use student 'clip'")
+
+
+__all__ = ["Student", "Backbone", "STUDENTS", "DOWNLOAD_ARGS", "create_student", "list_students", "register_student",
+           "start_from_teacher", "for_classes"]

@@ -36,10 +36,17 @@ class Student(nn.Module):
         std: Sequence[float],
         logit_scale: float = 100.0,
         spec: dict[str, Any] | None = None,
+        identity_head: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(feature_dim, embed_dim)
+        if identity_head:  # a backbone that already ends in the teacher's space (a CLIP tower) starts unchanged
+            if feature_dim != embed_dim:
+                raise ValueError(f"an identity head needs feature_dim == embed_dim, got {feature_dim} != {embed_dim}")
+            with torch.no_grad():
+                self.head.weight.copy_(torch.eye(embed_dim))
+                self.head.bias.zero_()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("classifier", torch.zeros(embed_dim, num_classes))
@@ -89,9 +96,11 @@ class Student(nn.Module):
             raise ValueError(f"Student expects images [B, {self.mean.shape[1]}, H, W] in [0, 1], got {tuple(x.shape)}")
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
-    def encode_image(self, x: Tensor) -> Tensor:
-        """[B, 3, H, W] in [0, 1] -> L2-normalised embeddings [B, D] in the teacher's space."""
-        return F.normalize(self.head(self.backbone(self.normalize(x))), dim=-1)
+    def encode_image(self, x: Tensor, normalize: bool = True) -> Tensor:
+        """[B, 3, H, W] in [0, 1] -> embeddings [B, D] in the teacher's space, L2-normalised unless
+        ``normalize=False`` (open_clip's convention; FARE matches raw embeddings)."""
+        embedding = self.head(self.backbone(self.normalize(x)))
+        return F.normalize(embedding, dim=-1) if normalize else embedding
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [B, C] against the frozen text classifier."""

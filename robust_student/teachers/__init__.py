@@ -72,7 +72,7 @@ def describe_teacher(name: str) -> dict[str, Any]:
 
 
 # Backends register themselves on import (heavy libraries are imported lazily inside their factories).
-from . import builtin, conch, cxr_clip, open_clip  # noqa: E402,F401
+from . import builtin, conch, cxr_clip, distilled, open_clip  # noqa: E402,F401
 
 __all__ = [
     "Teacher", "TeacherLicense", "TeacherProvenance", "TEACHERS", "create_teacher", "list_teachers",

@@ -189,9 +189,16 @@ class Teacher(nn.Module):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
-    def encode_image(self, x: Tensor) -> Tensor:
-        """[B, 3, H, W] in [0, 1] -> L2-normalised image embeddings [B, D] (float32)."""
-        return F.normalize(self._encode_image(self.preprocess(x)).float(), dim=-1)
+    def encode_image(self, x: Tensor, normalize: bool = True) -> Tensor:
+        """[B, 3, H, W] in [0, 1] -> image embeddings [B, D] (float32), L2-normalised unless ``normalize=False``
+        (open_clip's convention; FARE matches raw embeddings)."""
+        embedding = self._encode_image(self.preprocess(x)).float()
+        return F.normalize(embedding, dim=-1) if normalize else embedding
+
+    def tunable_tower(self) -> nn.Module:
+        """The module that maps normalised pixels to raw image embeddings (open_clip's ``model.visual``), for
+        methods that fine-tune a copy of it (FARE, TeCoA). Backends that have one override this."""
+        raise NotImplementedError(f"{self.name} ({type(self).__name__}) exposes no open_clip image tower")
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> Tensor:

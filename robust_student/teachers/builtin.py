@@ -1,10 +1,19 @@
-"""The built-in offline teacher ``fmnist-clip``: a small CLIP trained on Fashion-MNIST that ships in the package.
+"""The built-in offline teachers: ``fmnist-clip``, a small CLIP trained on Fashion-MNIST, and its zoo.
 
 It is an ordinary open_clip model stored as an open_clip ``local-dir`` folder
 (``weights/fmnist-clip/open_clip_config.json`` + fp16 ``open_clip_model.safetensors``), loaded by open_clip's
 own loader and wrapped by :class:`~robust_student.teachers.open_clip.OpenClipTeacher`. Native input 28 px;
 ``weights/fmnist-clip/training.json`` records how it was trained (``scripts/train_fmnist_clip.py``) and its
 zero-shot accuracy. Weights: Apache-2.0; training data (Fashion-MNIST, Zalando Research): MIT.
+
+The zoo (:data:`ZOO`), each made from ``fmnist-clip`` by ``scripts/train_fmnist_zoo.py`` and shipped as a saved
+student folder (``weights/<name>/``: ``config.json``, ``model.safetensors``, ``training.json``) that pairs its
+image encoder with fmnist-clip's text encoder (the ``student:<folder>`` teacher):
+
+* ``fmnist-clip-fare``: fmnist-clip's image tower after FARE (the robust ``adv`` teacher of MMT-ARD / CIARD);
+* (``scripts/train_fmnist_zoo.py --model tecoa`` makes a TeCoA-tuned tower the same way; it is not shipped yet);
+* ``fmnist-clip-cnn``: a convolutional image tower (``resnet_tiny``) trained on clean images against
+  fmnist-clip's class text embeddings (locked text tower): the heterogeneous proxy of HPT-GPD.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from typing import Any
 from . import register_teacher
 from .open_clip import OpenClipTeacher, create_open_clip_teacher
 
-FMNIST_CLIP_DIR = Path(__file__).resolve().parent / "weights" / "fmnist-clip"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FMNIST_CLIP_DIR = WEIGHTS_DIR / "fmnist-clip"
 
 
 @register_teacher("fmnist-clip", license="Apache-2.0", license_url="https://www.apache.org/licenses/LICENSE-2.0",
@@ -33,4 +43,34 @@ def fmnist_clip(arg: None = None, **kwargs: Any) -> OpenClipTeacher:
     return create_open_clip_teacher(f"local-dir:{FMNIST_CLIP_DIR}", **kwargs)
 
 
-__all__ = ["FMNIST_CLIP_DIR", "fmnist_clip"]
+# name -> what it is (its folder is WEIGHTS_DIR / name; scripts/train_fmnist_zoo.py --model <suffix> makes it;
+# a new entry ships its folder with it)
+ZOO: dict[str, str] = {
+    "fmnist-clip-fare": "fmnist-clip's image tower after FARE (L-inf 0.1), with fmnist-clip's text tower",
+    "fmnist-clip-cnn": "a convolutional image tower (resnet_tiny) aligned to fmnist-clip's text tower (clean)",
+}
+
+
+def _register_zoo(name: str, description: str) -> None:
+    def factory(arg: None = None, **kwargs: Any):
+        from .distilled import load_student_teacher
+
+        folder = WEIGHTS_DIR / name
+        if not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                f"The built-in {name} weights are missing from {folder}. They ship with the package: reinstall "
+                f"robust-student, or re-create them with `python scripts/train_fmnist_zoo.py --model "
+                f"{name.removeprefix('fmnist-clip-')}` from a source checkout.")
+        kwargs.setdefault("name", name)
+        return load_student_teacher(folder, **kwargs)
+
+    factory.__doc__ = f"Built in: {description}."
+    register_teacher(name, license="Apache-2.0", license_url="https://www.apache.org/licenses/LICENSE-2.0",
+                     commercial_use=True, note="Trained here from fmnist-clip on Fashion-MNIST (MIT licence); "
+                                               "see its training.json.")(factory)
+
+
+for _name, _description in ZOO.items():
+    _register_zoo(_name, _description)
+
+__all__ = ["FMNIST_CLIP_DIR", "WEIGHTS_DIR", "ZOO", "fmnist_clip"]

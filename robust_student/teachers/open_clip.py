@@ -38,7 +38,9 @@ class OpenClipTeacher(Teacher):
 
     ``model`` is an open_clip ``CLIP``/``CustomTextCLIP``; ``tokenizer`` is what ``open_clip.get_tokenizer``
     returns. ``input_size``, ``mean`` and ``std`` default to the model's preprocess config, ``logit_scale`` to
-    ``model.logit_scale.exp()``.
+    ``model.logit_scale.exp()``. ``tower_cfg`` (``{"embed_dim", "vision_cfg", "quick_gelu"}``, when known) is the
+    image tower's open_clip config: a ``clip`` student built from this teacher records it, so the student
+    rebuilds without the teacher's weights.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class OpenClipTeacher(Teacher):
         input_size: int | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        tower_cfg: dict[str, Any] | None = None,
     ) -> None:
         import open_clip
 
@@ -68,7 +71,11 @@ class OpenClipTeacher(Teacher):
         )
         self.model = model
         self.tokenizer = tokenizer
+        self.tower_cfg = tower_cfg
         self.freeze()
+
+    def tunable_tower(self) -> nn.Module:
+        return self.model.visual
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -304,8 +311,38 @@ def create_open_clip_teacher(
     model, tokenizer = load_open_clip(spec, pretrained=pretrained, cache_dir=cache_dir, **model_kwargs)
     teacher = OpenClipTeacher(model, tokenizer, name=name or f"open_clip:{spec}",
                               license=license or open_clip_terms(spec).license, input_size=input_size, mean=mean,
-                              std=std)
+                              std=std, tower_cfg=image_tower_config(spec, **model_kwargs))
     return teacher.to(device) if device is not None else teacher
+
+
+def image_tower_config(spec: str, **model_kwargs: Any) -> dict[str, Any] | None:
+    """The open_clip config of the image tower ``spec`` builds (``{"embed_dim", "vision_cfg", "quick_gelu"}``),
+    from open_clip's own config lookup (built-in names, ``local-dir:`` and cached ``hf-hub:`` configs), with the
+    ``force_quick_gelu`` / ``force_image_size`` overrides applied; None when it cannot be found."""
+    import open_clip
+
+    name = spec if spec.startswith(("hf-hub:", "local-dir:")) else spec.partition("/")[0]
+    try:
+        cfg = open_clip.get_model_config(name)
+    except (OSError, ValueError, RuntimeError):  # e.g. an hf-hub config missing from the cache
+        cfg = None
+    if not cfg or "vision_cfg" not in cfg or "embed_dim" not in cfg:
+        return None
+    vision = json.loads(json.dumps(cfg["vision_cfg"]))
+    if model_kwargs.get("force_image_size") is not None:
+        vision["image_size"] = model_kwargs["force_image_size"]
+    quick_gelu = bool(cfg.get("quick_gelu", False) or model_kwargs.get("force_quick_gelu", False))
+    return {"embed_dim": int(cfg["embed_dim"]), "vision_cfg": vision, "quick_gelu": quick_gelu}
+
+
+def build_image_tower(tower_cfg: dict[str, Any], image_size: int | None = None) -> nn.Module:
+    """An open_clip image tower at random init from :func:`image_tower_config`'s dict (optionally resized)."""
+    from open_clip.model import _build_vision_tower
+
+    vision = dict(tower_cfg["vision_cfg"])
+    if image_size is not None:
+        vision["image_size"] = image_size
+    return _build_vision_tower(int(tower_cfg["embed_dim"]), vision, quick_gelu=bool(tower_cfg.get("quick_gelu")))
 
 
 def open_clip_terms(spec: str | None) -> TeacherLicense:
@@ -366,4 +403,5 @@ for _name, _alias in ALIASES.items():
     _register_alias(_name, _alias)
 
 __all__ = ["OpenClipTeacher", "ALIASES", "Alias", "create_open_clip_teacher", "export_local_dir", "load_open_clip",
+           "image_tower_config", "build_image_tower",
            "open_clip_terms"]

@@ -76,6 +76,8 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     for key in sorted(set(a) | set(b)):
         if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS):
             continue
+        if a.get(key) is None and b.get(key) is None:  # a field added since, at its None default, is no change
+            continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             out.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
     return out

@@ -106,9 +106,11 @@ class _TrainUnit(nn.Module):
         return self.method.loss(batch, self.student, {**frozen_teachers, **self.teachers}, state)
 
     def param_groups(self, lr: float, teacher_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The student's group, the method's groups, then one group per trainable teacher."""
-        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": lr}]
-        groups += self.method.param_groups(lr)
+        """The student's group, the method's groups, then one group per trainable teacher; each group is named
+        (``"student"``, ``"method"`` unless the method names its own, ``"teacher:<role>"``) for
+        :meth:`Method.lr_factor`."""
+        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "lr": lr, "name": "student"}]
+        groups += [{"name": "method", **group} for group in self.method.param_groups(lr)]
         for group in teacher_groups:
             if not group["params"]:
                 raise ValueError("a trainable teacher has no parameter to train")
@@ -125,7 +127,11 @@ def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig) -> tor
 
 
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """Multiplier of the base lr after ``step`` optimiser steps: linear warm-up, then cosine / step / constant."""
+    """Multiplier of the base lr after ``step`` optimiser steps: linear warm-up, then cosine / step / constant.
+
+    This is the run's schedule (``train.scheduler``, ``train.warmup_epochs``); :func:`group_lr_factor` lets the
+    method change it per param group.
+    """
     epoch = step / max(1, steps_per_epoch)
     if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
         return (step + 1) / max(1.0, cfg.warmup_epochs * steps_per_epoch)
@@ -135,6 +141,22 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     if cfg.scheduler == "step":
         return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
     return 1.0
+
+
+def group_lr_factor(step: int, *, group: str, method: Method, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """The lr multiplier of param group ``group`` after ``step`` optimiser steps: the run's schedule
+    (:func:`lr_factor`) as the method's :meth:`~Method.lr_factor` declares it for that group (default: unchanged).
+
+    A pure function of the step, so a resumed run (whose scheduler restores its step count) follows the same
+    schedule exactly.
+    """
+    default = lr_factor(step, cfg, steps_per_epoch)
+    state = TrainState(step=step, epoch=step // max(1, steps_per_epoch), total_steps=cfg.epochs * steps_per_epoch,
+                       total_epochs=cfg.epochs)
+    factor = float(method.lr_factor(group, state, default))
+    if not factor >= 0 or not math.isfinite(factor):
+        raise ValueError(f"method {method.name!r} declared lr factor {factor!r} for {group!r} at step {step}")
+    return factor
 
 
 # -- the trainer -------------------------------------------------------------------------------------------
@@ -218,7 +240,10 @@ class Trainer:
         # The schedule counts this process's optimiser steps and is stepped by hand: a prepared scheduler
         # would step num_processes times per step, which only suits schedules defined on the unsharded loader.
         steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
-        scheduler = LambdaLR(optimizer.optimizer, partial(lr_factor, cfg=cfg, steps_per_epoch=steps_per_epoch))
+        scheduler = LambdaLR(optimizer.optimizer, [
+            partial(group_lr_factor, group=group.get("name", f"group {index}"), method=self.method, cfg=cfg,
+                    steps_per_epoch=steps_per_epoch)
+            for index, group in enumerate(optimizer.optimizer.param_groups)])
         raw_unit: _TrainUnit = acc.unwrap_model(unit)
 
         start_epoch, start_batch, step = 0, 0, 0
@@ -320,7 +345,7 @@ class Trainer:
             options = {"lr": self.config.train.lr, **self.method.teacher_optimizer_options(role)}
             if spec is not None and spec.lr is not None:
                 options["lr"] = spec.lr
-            groups.append({"params": params[role], **options})
+            groups.append({"params": params[role], **options, "name": f"teacher:{role}"})
         return groups
 
     def _provenance(self) -> dict[str, dict[str, Any]]:
@@ -494,4 +519,5 @@ def _flat_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 __all__ = ["Trainer", "TrainResult", "EpochSampler", "CachedTeacherOutputs", "build_optimizer", "lr_factor",
+           "group_lr_factor",
            "make_accelerator", "load_checkpoint", "cache_teacher_outputs", "validate", "METRICS_FILE"]
