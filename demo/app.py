@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,39 @@ def example_images(models: DemoModels, n: int = N_EXAMPLES) -> list[str]:
     return paths
 
 
+class PngOutbox:
+    """Each answer's images as PNG files of their own, written whole before gradio sees them.
+
+    Handing gradio arrays makes it write each image to a file named by its content; two concurrent requests
+    with the same image (the same example's clean view) rewrite that file in place while the first is being
+    served, and its download arrives empty. A file per answer, which gradio copies into its cache atomically,
+    has no such race. Files older than ``keep_s`` are removed at the next write, so the folder stays small.
+    """
+
+    def __init__(self, keep_s: float = 600.0) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="robust_student_demo_out_"))
+        self.keep_s = keep_s
+
+    def write(self, array: np.ndarray) -> str:
+        from PIL import Image
+
+        self._prune()
+        path = self.folder / f"{uuid.uuid4().hex}.png"
+        staging = path.with_suffix(".part")
+        Image.fromarray(array).save(staging, format="PNG")
+        staging.replace(path)
+        return str(path)
+
+    def _prune(self) -> None:
+        cutoff = time.time() - self.keep_s
+        for old in self.folder.glob("*.png"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except OSError:  # removed by a concurrent prune
+                pass
+
+
 def report_markdown(folder: Path | None) -> tuple[str, str | None]:
     """The Robustness-report tab: the saved report as Markdown and the eps-curve image, or what is missing."""
     if folder is None:
@@ -127,6 +162,7 @@ def build_demo(student: Any = None, teacher: Any = DEFAULT_TEACHER, onnx: Any = 
                    f"{STEPS_RANGE[0]}-{STEPS_RANGE[1]}. Uploads are resized to the model's input size; images above "
                    f"{MAX_PIXELS // 1_000_000} megapixels are refused. Images are PNG, so the perturbation you "
                    "download is exactly the one the models saw.")
+    outbox = PngOutbox()
 
     def attack(image: Any, attack_name: str, eps: Any, steps: Any, target: str,
                progress: Any = gr.Progress()) -> tuple[Any, ...]:
@@ -139,7 +175,8 @@ def build_demo(student: Any = None, teacher: Any = DEFAULT_TEACHER, onnx: Any = 
             raise gr.Error(str(err)) from None
         labels = [result.predictions.get(key) for key in LABEL_KEYS]
         verdict = result.verdict + "".join(f"\n\n_{note}_" for note in result.notes)
-        return (result.clean, result.adversarial, result.perturbation, *labels, verdict)
+        images = (outbox.write(result.clean), outbox.write(result.adversarial), outbox.write(result.perturbation))
+        return (*images, *labels, verdict)
 
     def transfer(image: Any, attack_name: str, eps: Any, steps: Any, progress: Any = gr.Progress()) -> tuple[Any, ...]:
         if models.teacher is None:
@@ -151,7 +188,7 @@ def build_demo(student: Any = None, teacher: Any = DEFAULT_TEACHER, onnx: Any = 
                                 on_step=lambda step, total: progress((step, total), desc=attack_name))
         except DemoInputError as err:
             raise gr.Error(str(err)) from None
-        return (result.adversarial, result.predictions["teacher adversarial"],
+        return (outbox.write(result.adversarial), result.predictions["teacher adversarial"],
                 result.predictions["student adversarial"], result.verdict)
 
     with gr.Blocks(title="robust_student: clean vs attacked") as demo:

@@ -158,10 +158,23 @@ def test_concurrent_requests_are_all_answered(served):
 
     url, examples, _ = served
     client = _client(url)
-    jobs = [client.submit(handle_file(examples[i % 2]), "PGD", 4 + i, 3, "student", api_name="/attack")
-            for i in range(5)]
-    verdicts = [job.result(timeout=120)[-1] for job in jobs]
-    assert [f"at eps {4 + i}/255" in v for i, v in enumerate(verdicts)] == [True] * 5
+    # One example for all: their clean views are the same image, which gradio once rewrote in place per request
+    # (an empty download when two answers overlapped); each answer now has its own files.
+    jobs = [client.submit(handle_file(examples[0]), "PGD", 4 + i, 3, "student", api_name="/attack")
+            for i in range(6)]
+    answers = [job.result(timeout=120) for job in jobs]
+    assert [f"at eps {4 + i}/255" in answer[-1] for i, answer in enumerate(answers)] == [True] * 6
+    assert all(Image.open(answer[0]).format == "PNG" for answer in answers)
+
+
+def test_each_answer_gets_its_own_complete_png(tmp_path):
+    from robust_student.demo.app import PngOutbox
+
+    outbox = PngOutbox(keep_s=0.0)
+    image = np.full((8, 8, 3), 7, dtype=np.uint8)
+    first, second = outbox.write(image), outbox.write(image)
+    assert first != second and np.array_equal(np.asarray(Image.open(second)), image)
+    assert not Path(first).exists()  # older than keep_s: pruned at the next write
 
 
 def test_the_transfer_tab_attacks_the_teacher_and_tests_the_student(served):
