@@ -1,0 +1,84 @@
+"""The paired-difference arithmetic of benchmarks/reproduce.py, by hand: no training, no data, milliseconds."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_difference_by_hand(reproduce):
+    # d = [0, 1, 0, -1, 1]: mean 0.2, sample var ((.2^2)*2 + .8^2*2 + 1.2^2) / 4 = 0.7, se = sqrt(0.7 / 5)
+    a = [True, True, False, False, True]
+    b = [True, False, False, True, False]
+    out = reproduce.paired_difference(a, b)
+    assert out["n"] == 5
+    assert out["diff"] == pytest.approx(0.2)
+    assert out["se"] == pytest.approx(math.sqrt(0.7 / 5))
+
+
+def test_paired_difference_edge_cases(reproduce):
+    same = reproduce.paired_difference([True, False, True], [True, False, True])
+    assert same["diff"] == 0 and same["se"] == 0
+    assert reproduce.paired_difference([True], [False]) == {"diff": 1.0, "se": None, "n": 1}
+    with pytest.raises(ValueError, match="length"):
+        reproduce.paired_difference([True], [True, False])
+    with pytest.raises(ValueError, match="no images"):
+        reproduce.paired_difference([], [])
+
+
+def test_combine_seeds_takes_the_larger_of_image_and_seed_error(reproduce):
+    # two seeds: diffs 0.10 and 0.02, se 0.03 and 0.04
+    out = reproduce.combine_seeds([{"diff": 0.10, "se": 0.03, "n": 500}, {"diff": 0.02, "se": 0.04, "n": 200}])
+    assert out["diff"] == pytest.approx(0.06)
+    assert out["se_images"] == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 2)  # 0.025
+    assert out["se_seeds"] == pytest.approx(math.sqrt(((0.04**2) * 2) / 1) / math.sqrt(2))  # sd 0.0566 / 1.414
+    assert out["se"] == pytest.approx(max(out["se_images"], out["se_seeds"]))
+    assert out["n_seeds"] == 2 and out["n_images"] == 700
+    # one seed: only the image-sampling error exists
+    one = reproduce.combine_seeds([{"diff": 0.05, "se": 0.01, "n": 500}])
+    assert one["diff"] == 0.05 and one["se"] == one["se_images"] == pytest.approx(0.01) and one["se_seeds"] is None
+
+
+def test_verdict(reproduce):
+    up = {"diff": 0.05, "se": 0.01}
+    flat = {"diff": 0.01, "se": 0.01}
+    down = {"diff": -0.05, "se": 0.01}
+    assert reproduce.verdict([up, up]) == "supported"
+    assert reproduce.verdict([up, flat]) == "inconclusive"
+    assert reproduce.verdict([up, down]) == "contradicted"
+    assert reproduce.verdict([{"diff": 0.5, "se": None}]) == "inconclusive"
+
+
+def test_paired_rows_from_stored_vectors(reproduce):
+    """``paired`` reads the stored bit strings, pairs per seed and refuses vectors of different images."""
+    def row(bits: str, images: str = "abc") -> dict:
+        return {"eval": {"vectors": {"autoattack": {"correct": bits, "images": images, "n": len(bits)}}}}
+
+    results = {"seeds": {"0": {"rows": {"x": row("1100"), "rslad": row("1000")}},
+                         "1": {"rows": {"x": row("10"), "rslad": row("01")}}}}
+    out = reproduce.paired(results, "x", "rslad", "autoattack")
+    seed0 = reproduce.paired_difference([1, 1, 0, 0], [1, 0, 0, 0])
+    seed1 = reproduce.paired_difference([1, 0], [0, 1])
+    assert out == reproduce.combine_seeds([seed0, seed1])
+    assert reproduce.paired(results, "x", "missing", "autoattack") is None
+    results["seeds"]["0"]["rows"]["x"] = row("1100", images="other")
+    with pytest.raises(ValueError, match="different images"):
+        reproduce.paired(results, "x", "rslad", "autoattack")
+
+
+def test_bits_round_trip(reproduce):
+    flags = [True, False, False, True]
+    assert reproduce.bits(flags) == "1001" and reproduce.unbits("1001") == flags
