@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 from accelerate.state import PartialState
+from accelerate.utils import parse_flag_from_env
 from torch import nn
 
 from .attacks import get_attack, threat_from_config
@@ -30,6 +31,16 @@ from .teachers import TEACHERS, Teacher, create_teacher
 from .training import Trainer, TrainResult, preflight
 
 logger = logging.getLogger(__name__)
+
+
+def _process_state() -> PartialState:
+    """This process's place in the launch, made the way the trainer's ``Accelerator`` will make it.
+
+    ``accelerate launch`` on CPUs sets ``ACCELERATE_USE_CPU``; accelerate's ``AcceleratorState`` honours it, a
+    bare ``PartialState()`` does not, and the first state made is the one every later call shares. Without the
+    flag a CPU launch saw two lone processes, and the second refused the run folder as "in use".
+    """
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 # Sections whose fields may be passed to RobustDistiller as bare keywords (``epochs=3`` -> ``train.epochs``).
@@ -149,7 +160,7 @@ class RobustDistiller:
             self._config = self._config.with_overrides({"train.overwrite": bool(overwrite)})
         cfg = self._config
         # Everything that needs no data is checked before any data or teacher loads.
-        if PartialState().is_main_process:
+        if _process_state().is_main_process:
             preflight(cfg.train.output_dir, resume=resume, overwrite=cfg.train.overwrite, config=cfg.to_dict())
         train_set = build_dataset(cfg.dataset, "train")
         val_set = build_dataset(cfg.dataset, "val")
@@ -186,6 +197,7 @@ class RobustDistiller:
             raise RuntimeError("There is no student to evaluate yet: call fit() first (or pass student=...)")
         ev = self._config.eval
         kwargs.setdefault("threat", ev.threat)
+        kwargs.setdefault("seed", ev.seed)  # which test images (a seeded subset); a caller may choose another
         attacks = list(attacks or ev.attacks)
         threat = kwargs["threat"]
         check_request(attacks, threat_from_config(threat) if isinstance(threat, ThreatConfig) else threat,
@@ -202,7 +214,7 @@ class RobustDistiller:
             dataset_name += f" classes {', '.join(data.labels)}"
         report = evaluate_robustness(
             model, data, attacks=attacks, n_examples=n_examples or ev.n_examples,
-            batch_size=ev.batch_size, seed=ev.seed, model_name=model_name, dataset_name=dataset_name, **kwargs,
+            batch_size=ev.batch_size, model_name=model_name, dataset_name=dataset_name, **kwargs,
         )
         if classes is None:  # the report the model card shows (a held-out-class one is not the model's)
             self.report = report

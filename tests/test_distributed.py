@@ -99,3 +99,25 @@ def test_two_process_gloo_run_keeps_replicas_in_sync(tmp_path: Path) -> None:
     assert ranks[0]["history"] == ranks[1]["history"] and ranks[0]["history"][0]["val_examples"] == 16
     checkpoint = out / "checkpoints" / "step_00000004"
     assert {p.name for p in checkpoint.glob("rng_*.json")} == {"rng_0.json", "rng_1.json"}
+
+
+def test_accelerate_launch_of_the_cli_fit_trains_one_run_over_two_processes(tmp_path: Path) -> None:
+    """The README's scaling-out command (``accelerate launch ... -m robust_student.cli fit``) on two CPU
+    processes: one run in one folder, both ranks in it (not two lone processes refusing each other)."""
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("the accelerate launcher is not installed")
+    out = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "-m", "robust_student.cli", "fit", "--recipe", "quickstart", "--set", "method=pgd-at", "method_args={}",
+           "dataset.name=synthetic:3", "train.epochs=1", "train.batch_size=8",
+           "dataset.max_train_examples=64", "train.eval_examples=16", "attack.steps=1",
+           "student_args.width=8", f"train.output_dir={out}", "--json"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4  # 64 examples, batch 8 per process, two processes: 4 steps, not 8
+    assert {p.name for p in (out / "checkpoints" / "step_00000004").glob("rng_*.json")} == {"rng_0.json",
+                                                                                              "rng_1.json"}
