@@ -43,4 +43,4 @@ bench: install data
 	$(PY) benchmarks/attack_speed.py
 
 clean:
-	rm -rf $(VENV) quickstart_out .pytest_cache
+	rm -rf $(VENV) runs/quickstart .pytest_cache

@@ -42,7 +42,9 @@ def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="fashion-mnist", help="dataset spec (default: fashion-mnist)")
     p.add_argument("--teacher", default="fmnist-clip", help="teacher name (default: the built-in fmnist-clip)")
     p.add_argument("--student", default="resnet_tiny", help="student architecture (default: resnet_tiny)")
-    p.add_argument("--output", default="quickstart_out", help="folder for the run's artifacts")
+    from .quickstart import DEFAULT_OUTPUT
+
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"folder for the run's artifacts (default: {DEFAULT_OUTPUT})")
 
 
 @command("quickstart", "run the main job end to end on the built-in default (offline)")(_quickstart_args)

@@ -1,10 +1,11 @@
 """The quickstart job behind ``make quickstart``: the main path on the built-in default, fully offline.
 
 It loads the built-in teacher and measures its zero-shot accuracy on Fashion-MNIST, distils it into a student
-in the teacher's embedding space with RSLAD (``recipes/quickstart.yaml``: a short CPU run) and measures the
-student's clean and PGD-20 accuracy, then exports it to ONNX (FP32 and INT8), each validated under attack before
-it is written (``RobustDistiller.export_onnx``). Later stages (model card) extend :func:`run_quickstart` and its
-:class:`QuickstartSummary`.
+in the teacher's embedding space with DGHFA (``recipes/quickstart.yaml``: a short CPU run), evaluates the student
+under the recipe's attacks (clean, FGSM, PGD-20, CW-20 and AutoAttack on a seeded test subset, with the
+gradient-masking checks), exports it to ONNX (FP32 and INT8), each validated under attack before it is written
+(``RobustDistiller.export_onnx``), measures robust accuracy against eps, and writes the Hub-ready folder with the
+model card. Everything goes under ``runs/quickstart/``; :class:`QuickstartSummary` is what it prints.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 
 from .formatting import format_percent
 
+ATTACK_NAMES = {"fgsm": "FGSM", "pgd20": "PGD-20", "cw20": "CW-20", "autoattack": "AutoAttack", "apgd-ce": "APGD-CE"}
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT = "quickstart_out"  # where `make quickstart` writes (the demo looks for its student there)
+DEFAULT_OUTPUT = "runs/quickstart"  # where `make quickstart` writes (the demo looks for its student there)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class QuickstartSummary:
     train_seconds: float = 0.0
     student_clean_accuracy: float | None = None
     student_pgd20_accuracy: float | None = None
+    student_robust_accuracy: dict[str, float] = field(default_factory=dict)  # attack name -> robust accuracy
     eval_threat: str = ""
     n_eval: int = 0
     onnx: list[dict[str, Any]] = field(default_factory=list)  # the exported artifacts and their validation reports
@@ -57,11 +61,11 @@ class QuickstartSummary:
             f"projects into the teacher's embedding space and classifies with its text embeddings",
         ]
         if self.student_clean_accuracy is not None:
-            lines.append(
-                f"  distilled with {self.method} ({self.train_steps} steps, {self.train_seconds:.0f} s): "
-                f"clean {format_percent(self.student_clean_accuracy)}, PGD-20 ({self.eval_threat}) "
-                f"{format_percent(self.student_pgd20_accuracy)} on {self.n_eval} test images"
-            )
+            attacked = ", ".join(f"{ATTACK_NAMES.get(name, name)} {format_percent(value)}"
+                                 for name, value in self.student_robust_accuracy.items())
+            lines.append(f"  distilled with {self.method} ({self.train_steps} steps, {self.train_seconds:.0f} s)")
+            lines.append(f"  test accuracy on {self.n_eval} test images ({self.eval_threat}): clean "
+                         f"{format_percent(self.student_clean_accuracy)}" + (f", {attacked}" if attacked else ""))
         for artifact in self.onnx:
             lines.append(f"  exported {artifact['path']}" if artifact["written"] else
                          f"  refused {artifact['path']} ({artifact['error']})")
@@ -72,9 +76,17 @@ class QuickstartSummary:
         if self.hub_folder:
             lines.append(f"  model card {self.hub_folder}/README.md: the Hub-ready folder {self.hub_folder}/ "
                          f"(upload: robust-student push {self.hub_folder} org/name)")
-            lines.append("  demo: robust-student demo")
         lines += [f"  {key}: {value}" for key, value in self.extra.items()]
-        lines.append(f"  artifacts in {self.output_dir}/ ({self.seconds:.0f} s)")
+        lines += [f"  where everything is ({self.output_dir}/):",
+                  f"    run (checkpoints, metrics.jsonl, student/)  {self.output_dir}/run/"]
+        lines += [f"    ONNX {artifact['report']['precision']:<5}                                 {artifact['path']}"
+                  for artifact in self.onnx if artifact["written"]]
+        if self.hub_folder:
+            lines.append(f"    Hub-ready folder (card, weights, eps curve)  {self.hub_folder}/")
+        lines.append(f"    this summary                                {self.output_dir}/summary.json")
+        if self.hub_folder:
+            lines.append(f"  demo: robust-student demo --student {self.hub_folder}")
+        lines.append(f"  done in {self.seconds:.0f} s")
         return "\n".join(lines)
 
 
@@ -109,8 +121,8 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
                    curve_examples: int = CURVE_EXAMPLES) -> QuickstartSummary:
     """Run the quickstart and write ``summary.json`` into ``output_dir``.
 
-    ``recipe`` and ``overrides`` (``RobustDistiller`` keywords) set the distillation run; its checkpoints,
-    metrics and final student go to ``<output_dir>/run``. The student is exported to ``student.onnx`` and
+    ``recipe`` and ``overrides`` (``RobustDistiller`` keywords) set the distillation run and its evaluation
+    (``eval.attacks``, ``eval.n_examples``); its checkpoints, metrics and final student go to ``<output_dir>/run``. The student is exported to ``student.onnx`` and
     ``student.int8.onnx``, each validated under attack (``export_options`` go to ``RobustDistiller.export_onnx``,
     e.g. ``{"n_examples": 50}``); an artifact that fails validation is reported and not written.
     """
@@ -130,13 +142,14 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
     teacher_model.set_classes(test_set.prompts.classnames, test_set.prompts.templates)
     accuracy = zero_shot_accuracy(teacher_model, test_set)
 
-    # Distil (RSLAD by default) and attack the result: clean and PGD-20 accuracy on the test set.
+    # Distil (DGHFA by default) and attack the result with the recipe's attacks on a seeded test subset.
     distiller = RobustDistiller.from_config(recipe, teacher=teacher_model, student=student, dataset=data,
                                             **{"train.output_dir": str(output / "run"), "train.overwrite": True,
                                                **(overrides or {})})
     student_model = distiller.fit()
-    report = distiller.evaluate(["clean", "pgd20"], check_examples=check_examples,
-                                check_square_queries=check_square_queries, progress=False)
+    logger.info("evaluating the student: %s", ", ".join(distiller.config.eval.attacks))
+    report = distiller.evaluate(check_examples=check_examples, check_square_queries=check_square_queries,
+                                progress=False)
     onnx = [_export(distiller, output / name, quantize, dict(export_options or {})) for name, quantize in EXPORTS]
     curve = eps_curve(student_model, test_set, eps_list=CURVE_EPS, n_examples=curve_examples, progress=False)
     hub = distiller.save_pretrained(output / "hub", eps_curve=curve, overwrite=True)  # card, ONNX, reports
@@ -147,7 +160,8 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
         teacher_parameters=sum(p.numel() for p in teacher_model.parameters()), output_dir=str(output),
         method=distiller.config.method, train_steps=distiller.result.steps,
         train_seconds=distiller.result.seconds, student_clean_accuracy=report.clean_accuracy,
-        student_pgd20_accuracy=report.robust_accuracy["pgd20"], eval_threat=f"{report.threat} eps {report.eps_text}",
+        student_pgd20_accuracy=report.robust_accuracy.get("pgd20"),
+        student_robust_accuracy=dict(report.robust_accuracy), eval_threat=f"{report.threat} eps {report.eps_text}",
         n_eval=report.n_examples, onnx=onnx, hub_folder=str(hub), checks_passed=report.checks_passed,
     )
     summary.seconds = time.perf_counter() - start

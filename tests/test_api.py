@@ -103,7 +103,8 @@ def test_baseline_recipes_exist_with_paper_settings():
     ard = load_recipe("ard_paper")
     assert ard.method_args["temperature"] == 30 and ard.attack.student_mode == "train"
     quick = load_recipe("quickstart")
-    assert (quick.teacher, quick.student, quick.method) == ("fmnist-clip", "resnet_tiny", "rslad")
+    assert (quick.teacher, quick.student, quick.method) == ("fmnist-clip", "resnet_tiny", "dghfa")
+    assert quick.method_args == {"num_intermediate": quick.attack.steps} and "autoattack" in quick.eval.attacks
 
 
 def test_from_config_with_a_yaml_file_and_overrides(tmp_path):
@@ -157,23 +158,28 @@ def _check_the_readme_excerpt_has_the_fields_of(card: Path) -> None:
     assert {m.split(",")[0] for m in metrics} == {m.split(",")[0] for m in card_metrics}  # same attacks
 
 
-def test_quickstart_distils_and_reports_clean_and_pgd20_accuracy(tmp_path):
+def test_quickstart_distils_evaluates_exports_and_writes_the_card(tmp_path):
     from robust_student.quickstart import run_quickstart
 
     summary = run_quickstart(teacher="tiny-test", data="synthetic:3", output_dir=tmp_path / "qs",
                              overrides=_small(tmp_path, **{"train.output_dir": str(tmp_path / "qs" / "run"),
-                                                           "eval.n_examples": 32}),
+                                                           "eval.n_examples": 32,
+                                                           "method_args": {"num_intermediate": 2}}),
                              export_options={"n_examples": 16, "square_queries": 20, "attacks": ["pgd20"],
                                              "calibration_images": 32},
                              check_examples=16, check_square_queries=20, curve_examples=16)
-    assert summary.method == "rslad" and summary.train_steps == 4 and summary.n_eval == 32
-    assert 0 <= summary.student_pgd20_accuracy <= summary.student_clean_accuracy <= 1
-    assert "PGD-20 (linf eps 0.1)" in summary.to_text()
+    assert summary.method == "dghfa" and summary.train_steps == 4 and summary.n_eval == 32
+    robust = summary.student_robust_accuracy  # every attack of the recipe, AutoAttack included
+    assert list(robust) == ["fgsm", "pgd20", "cw20", "autoattack"]
+    assert 0 <= robust["autoattack"] <= robust["pgd20"] <= robust["fgsm"] <= summary.student_clean_accuracy <= 1
+    text = summary.to_text()
+    assert "test accuracy on 32 test images (linf eps 0.1): clean" in text and "AutoAttack" in text
+    assert f"demo: robust-student demo --student {tmp_path / 'qs' / 'hub'}" in text
     assert (tmp_path / "qs" / "run" / "student" / "model.safetensors").is_file()
     hub = tmp_path / "qs" / "hub"  # the Hub-ready folder with its model card
     assert summary.hub_folder == str(hub) and {"README.md", "config.json", "model.safetensors", "robustness.json",
                                                "eps_curve.png"} <= {p.name for p in hub.iterdir()}
-    assert f"model card {hub}/README.md" in summary.to_text() and "demo: robust-student demo" in summary.to_text()
+    assert f"model card {hub}/README.md" in summary.to_text()
     _check_the_readme_excerpt_has_the_fields_of(hub / "README.md")
     saved = json.loads((tmp_path / "qs" / "summary.json").read_text())
     assert saved["student_pgd20_accuracy"] is not None
