@@ -94,7 +94,8 @@ EXPORTS = (("student.onnx", None), ("student.int8.onnx", "int8"))
 CHECK_EXAMPLES = 100  # the gradient-masking checks run on the first 100 evaluation images,
 CHECK_SQUARE_QUERIES = 300  # with a 300-query Square (the full 5000 is the export validation's and AutoAttack's)
 CURVE_EPS = (0, "2/255", "4/255", "8/255", "16/255", 0.1, 0.2)  # the model card's robust accuracy vs eps
-CURVE_EXAMPLES = 200
+CURVE_EXAMPLES = 100
+EXPORT_EXAMPLES = 100  # each ONNX artifact is validated under attack on 100 test images (the evaluation's count)
 
 
 def _export(distiller: Any, path: Path, quantize: str | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +151,8 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
     logger.info("evaluating the student: %s", ", ".join(distiller.config.eval.attacks))
     report = distiller.evaluate(check_examples=check_examples, check_square_queries=check_square_queries,
                                 progress=False)
-    onnx = [_export(distiller, output / name, quantize, dict(export_options or {})) for name, quantize in EXPORTS]
+    options = {"n_examples": EXPORT_EXAMPLES, **(export_options or {})}
+    onnx = [_export(distiller, output / name, quantize, dict(options)) for name, quantize in EXPORTS]
     curve = eps_curve(student_model, test_set, eps_list=CURVE_EPS, n_examples=curve_examples, progress=False)
     hub = distiller.save_pretrained(output / "hub", eps_curve=curve, overwrite=True)  # card, ONNX, reports
 
