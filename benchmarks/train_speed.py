@@ -10,8 +10,15 @@
    ViT-B-32 teacher at 224 px (88 M parameters) and the 28-px ``resnet_tiny`` student (~0.3 M), with and
    without ``train.cache_teacher_outputs``; the cache costs one teacher pass over the training set.
 
+3. ``Trainer.fit``'s RSLAD step against a plain loop written the way the RSLAD reference code
+   (zibojia/RSLAD) writes its training loop: teacher logits on the clean batch, the student attacked in eval
+   mode with a summed KL inner loss, then ``model.train()``, 5/6 KL on x' + 1/6 KL on x (mean over B x C) and an
+   SGD step. Same student, teacher, data, batch and attack; repetitions interleaved; written on its own to
+   ``train_speed_reference_cpu.{json,md}`` (``--only-reference-rslad`` measures only this, in a few minutes).
+
     python benchmarks/train_speed.py            # CPU -> benchmarks/results/train_speed_cpu.{json,md}
     python benchmarks/train_speed.py --quick    # a smoke run of the script itself
+    python benchmarks/train_speed.py --only-reference-rslad --repeats 5   # -> train_speed_reference_cpu.{json,md}
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from robust_student import __version__, build_dataset, create_method, create_student, create_teacher
@@ -238,6 +246,148 @@ def methods_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def reference_rslad_loss(student: nn.Module, teacher: nn.Module, x: Tensor, cfg: DistillConfig) -> Tensor:
+    """One RSLAD loss the way the reference code computes it (our own code, following its structure).
+
+    Teacher logits on clean ``x`` without a graph; the inner maximisation with the student in eval mode, start
+    ``x + 0.001 * N(0, 1)``, summed KL(teacher soft labels || student(x')) as the attack loss, sign steps, clip to
+    the ball and to [0, 1]; then ``student.train()``, a forward on x' and one on x, and
+    ``5/6 * KL_adv + 1/6 * KL_nat`` with the KL averaged over batch x classes (``torch.mean`` of the elementwise
+    KL), the reference's reduction (ours is ``batchmean``: C times larger, the same direction).
+    """
+    eps, alpha, steps = cfg.threat.eps, cfg.attack.step_size, cfg.attack.steps
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    soft = F.softmax(teacher_logits, dim=1)
+    student.eval()
+    x_adv = x.detach() + 0.001 * torch.randn_like(x)
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            inner = F.kl_div(F.log_softmax(student(x_adv), dim=1), soft, reduction="sum")
+        (grad,) = torch.autograd.grad(inner, [x_adv])
+        x_adv = x_adv.detach() + alpha * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    student.train()
+    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    adv_logits = student(x_adv)
+    nat_logits = student(x)
+
+    def elementwise_kl(logits: Tensor) -> Tensor:  # KL(soft || softmax(logits)), one value per (sample, class)
+        return soft * (torch.log(soft.clamp_min(1e-12)) - F.log_softmax(logits, dim=1))
+
+    return 5 / 6 * elementwise_kl(adv_logits).mean() + 1 / 6 * elementwise_kl(nat_logits).mean()
+
+
+def reference_rslad_loop(student: nn.Module, teacher: nn.Module, dataset: Any, cfg: DistillConfig) -> None:
+    """The reference code's training loop: a shuffled DataLoader, SGD, per batch zero_grad / loss / backward / step."""
+    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, generator=torch.Generator())
+    teacher.eval()
+    for batch in loader:
+        x = batch["image"]
+        student.train()
+        optimizer.zero_grad()
+        loss = reference_rslad_loss(student, teacher, x, cfg)
+        loss.backward()
+        optimizer.step()
+
+
+def reference_rslad_table(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """``Trainer.fit`` with ``rslad`` against :func:`reference_rslad_loop`: same student (a fresh copy each run),
+    teacher, data, batch, attack and SGD settings; repetitions interleaved; wall-clock images/s and CPU time."""
+    data = build_dataset("fashion-mnist", "train").subset(range(args.n_images))
+    teacher = create_teacher(args.teacher)
+    teacher.set_classes(data.prompts.classnames, data.prompts.templates)
+    torch.manual_seed(0)
+    student0 = create_student("resnet_tiny", teacher, image_size=28)
+    cfg = DistillConfig(method="rslad").with_overrides({
+        "train.epochs": 1, "train.batch_size": args.batch_size, "train.eval_examples": 0,
+        "train.checkpoint_every": 0, "train.log_every": 10, "threat.eps": 0.1, "attack.step_size": 0.025,
+        "attack.steps": args.steps, "train.output_dir": str(workdir / "reference_rslad"), "train.overwrite": True})
+
+    def make_method() -> Method:
+        return create_method("rslad", threat=cfg.threat, attack=cfg.attack, num_classes=10,
+                             embed_dim=student0.embed_dim)
+
+    # Same computation? One batch, the same student and seed: our loss against the reference-style loss x C
+    # (its mean over B x C against our batchmean); the start differs only in that ours clips x + noise to [0, 1].
+    batch = next(iter(DataLoader(data, batch_size=args.batch_size)))
+    method = make_method()
+    method.setup(student0, {"teacher": teacher})
+    torch.manual_seed(1)
+    ours_loss = method.loss(batch, copy.deepcopy(student0).train(), {"teacher": teacher}, TrainState())["loss"].item()
+    torch.manual_seed(1)
+    ref_loss = reference_rslad_loss(copy.deepcopy(student0), teacher, batch["image"], cfg).item()
+    num_classes = len(data.prompts.classnames)
+
+    runs = {"ours": lambda: trainer_run(copy.deepcopy(student0), make_method(), {"teacher": teacher}, data, cfg),
+            "reference": lambda: reference_rslad_loop(copy.deepcopy(student0), teacher, data, cfg)}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+    for repeat in range(args.repeats):
+        for kind in (("ours", "reference") if repeat % 2 == 0 else ("reference", "ours")):
+            times[kind].append(timed(runs[kind]))
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+    paired_wall = [r[0] / o[0] for o, r in zip(times["ours"], times["reference"])]
+    row = {
+        "images": args.n_images, "steps_per_run": -(-args.n_images // args.batch_size),
+        "ours_images_per_s": args.n_images / wall["ours"], "reference_images_per_s": args.n_images / wall["reference"],
+        "ratio_ours_over_reference": wall["reference"] / wall["ours"],
+        "median_paired_ratio": statistics.median(paired_wall),
+        "ours_cpu_seconds": cpu["ours"], "reference_cpu_seconds": cpu["reference"],
+        "cpu_ratio_ours_over_reference": cpu["reference"] / cpu["ours"], "target_ratio": 1.0,
+        "loss_check": {"ours_batchmean": ours_loss, "reference_mean_times_classes": ref_loss * num_classes,
+                       "reference_mean": ref_loss, "num_classes": num_classes},
+        "runs": {k: [{"wall_s": w, "cpu_s": c} for w, c in v] for k, v in times.items()},
+    }
+    logging.info("rslad vs reference-style loop: ours %.1f img/s, reference %.1f img/s, ratio %.3f (CPU time %.3f)",
+                 row["ours_images_per_s"], row["reference_images_per_s"], row["ratio_ours_over_reference"],
+                 row["cpu_ratio_ours_over_reference"])
+    return row
+
+
+def reference_markdown(result: dict[str, Any]) -> str:
+    s, r, m = result["settings"], result["reference_rslad"], result["machine"]
+    check = r["loss_check"]
+    return "\n".join([
+        "# RSLAD training step: `Trainer.fit` against a loop in the RSLAD reference code's style", "",
+        f"Student `resnet_tiny` (28 px), teacher `{s['teacher']}`, Fashion-MNIST, {r['images']} images "
+        f"({r['steps_per_run']} steps of batch {s['batch_size']}), {s['steps']}-step PGD at eps 0.1 (step 0.025), "
+        f"SGD (lr 0.1, momentum 0.9, weight decay 5e-4), one epoch per run, a fresh copy of the same student each run; "
+        f"median of {s['repeats']} interleaved repetitions.", "",
+        "| loop | images/s (wall clock) | CPU s per run |", "|---|---:|---:|",
+        f"| robust_student `Trainer.fit`, method `rslad` | {r['ours_images_per_s']:.1f} | {r['ours_cpu_seconds']:.2f} |",
+        f"| plain loop in the RSLAD reference style | {r['reference_images_per_s']:.1f} | "
+        f"{r['reference_cpu_seconds']:.2f} |", "",
+        f"Ratio ours / reference (images/s, wall clock): **{r['ratio_ours_over_reference']:.3f}** (target >= "
+        f"{r['target_ratio']}); median of the per-repetition ratios {r['median_paired_ratio']:.3f}; from CPU time "
+        f"{r['cpu_ratio_ours_over_reference']:.3f}.", "",
+        "`Trainer.fit` is timed end to end (accelerator set-up, data loading, progress bar, metrics, the end-of-run "
+        "checkpoint). The reference-style loop: teacher logits on the clean batch without a graph; the student "
+        "attacked in eval mode from x + 0.001 N(0, 1) with a summed KL(teacher || student) inner loss, sign steps, "
+        "clip to the ball and [0, 1]; `model.train()`; 5/6 KL(teacher(x) || student(x')) + 1/6 KL(teacher(x) || "
+        "student(x)), each the mean over batch x classes; `backward`, SGD step (written for this benchmark from the "
+        "reference code's structure, not copied).", "",
+        f"Same computation? On one batch from the same student and seed: our loss {check['ours_batchmean']:.5f} "
+        f"(KL `batchmean`), the reference-style loss x {check['num_classes']} classes "
+        f"{check['reference_mean_times_classes']:.5f} (its mean over B x C is {check['reference_mean']:.6f}); the "
+        "attacks' starts differ only in that ours clips x + noise to [0, 1] before the first step.", "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads: {m['torch_threads']}; {m['platform']}; "
+        f"Python {m['python']}; torch {m['torch']}; robust_student {m['robust_student']}; 1-min load average at start "
+        f"{m.get('load_average_1min_at_start', 'n/a')} (a shared machine: absolute numbers are noisy, the interleaved "
+        "ratio much less so).", "",
+        *([f"Note: {result['note']}", ""] if result.get("note") else []),
+        f"Reproduce: `python benchmarks/train_speed.py --only-reference-rslad --threads {s['threads']} --repeats "
+        f"{s['repeats']}"
+        + "".join(f" --{flag} {s[key]}" for flag, key, default in (("n-images", "n_images", 512),
+                  ("batch-size", "batch_size", 64), ("steps", "steps", 5), ("teacher", "teacher", "fmnist-clip"))
+                  if s[key] != default) + "`.", "",
+    ])
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
@@ -325,6 +475,11 @@ def main() -> None:
     parser.add_argument("--no-paper-bench", action="store_true")
     parser.add_argument("--only-paper-bench", action="store_true",
                         help="only the MMT-ARD / CIARD / HPT-GPD / FARE / TeCoA vs RSLAD table")
+    parser.add_argument("--only-reference-rslad", action="store_true",
+                        help="only Trainer.fit's RSLAD against a loop in the RSLAD reference code's style "
+                             "(writes <output>_reference beside the main results, e.g. train_speed_reference_cpu)")
+    parser.add_argument("--no-reference-rslad", action="store_true")
+    parser.add_argument("--note", default="", help="a remark stored with the reference-RSLAD result")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     parser.add_argument("--output", default=str(RESULTS / "train_speed_cpu"))
     args = parser.parse_args()
@@ -336,6 +491,27 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     output = Path(args.output)
+    if not args.no_reference_rslad or args.only_reference_rslad:
+        reference_output = output.with_name(output.name.replace("train_speed", "train_speed_reference", 1)
+                                            if output.name.startswith("train_speed") else output.name + "_reference")
+        with tempfile.TemporaryDirectory() as tmp:
+            from attack_speed import machine_description  # the one machine description of the benchmarks
+
+            reference = {
+                "benchmark": "RSLAD training images/s, Trainer.fit vs a plain loop in the RSLAD reference style",
+                "machine": machine_description(torch.device("cpu")),
+                "settings": {"teacher": args.teacher, "batch_size": args.batch_size, "steps": args.steps,
+                             "n_images": args.n_images, "repeats": args.repeats, "threads": args.threads},
+            }
+            reference["reference_rslad"] = reference_rslad_table(args, Path(tmp))
+        if args.note:
+            reference["note"] = args.note
+        reference_output.parent.mkdir(parents=True, exist_ok=True)
+        reference_output.with_suffix(".json").write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
+        reference_output.with_suffix(".md").write_text(reference_markdown(reference), encoding="utf-8")
+        print(reference_markdown(reference))
+        if args.only_reference_rslad:
+            return
     with tempfile.TemporaryDirectory() as tmp:
         result: dict[str, Any] = {
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
