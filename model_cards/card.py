@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from robust_student.formatting import format_eps, format_percent
+from robust_student.formatting import attack_title
 from robust_student.methods import method_paper
 
 TEMPLATE = Path(__file__).resolve().parent / "card_template.md"
-ATTACK_NAMES = {"fgsm": "FGSM", "pgd20": "PGD-20", "cw20": "CW-inf-20", "autoattack": "AutoAttack",
-                "square": "Square"}
 NORM_NAMES = {"linf": "Linf", "l2": "L2"}
 # Datasets whose Hugging Face Hub id is known (a local folder has none).
 HUB_DATASETS = {"fashion-mnist": "zalando-datasets/fashion_mnist"}
@@ -28,15 +27,6 @@ HUB_LICENSES = {"apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "cc-by-4.0"
                 "cc-by-nc-sa-4.0", "cc-by-nc-nd-4.0", "cc-by-nd-4.0", "gpl-3.0", "lgpl-3.0", "openrail"}
 NON_COMMERCIAL_NOTE = ("This model was distilled from a teacher released for non-commercial use only; the "
                        "student inherits those terms.")
-
-
-def attack_title(name: str) -> str:
-    """``pgd20`` -> ``PGD-20``, ``pgd:10`` -> ``PGD-10``, ``square:1000`` -> ``Square (1000 queries)``."""
-    if name.startswith("pgd:"):
-        return f"PGD-{name[4:]}"
-    if name.startswith("square:"):
-        return f"Square ({name[7:]} queries)"
-    return ATTACK_NAMES.get(name, name)
 
 
 def student_license(config: Mapping[str, Any]) -> tuple[str, str | None]:

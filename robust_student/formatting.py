@@ -1,4 +1,4 @@
-"""The one eps formatter and the one percent formatter: every report, log line, card and CLI message uses them."""
+"""The one eps, percent and attack-name formatter: every report, log line, card and CLI message uses them."""
 
 from __future__ import annotations
 
@@ -24,4 +24,17 @@ def format_percent(fraction: float | None, digits: int = 2) -> str:
     return f"{100 * fraction:.{digits}f} %"
 
 
-__all__ = ["format_eps", "format_percent"]
+ATTACK_TITLES = {"fgsm": "FGSM", "pgd20": "PGD-20", "cw20": "CW-inf-20", "autoattack": "AutoAttack",
+                 "apgd-ce": "APGD-CE", "square": "Square"}
+
+
+def attack_title(name: str) -> str:
+    """``pgd20`` -> ``PGD-20``, ``pgd:10`` -> ``PGD-10``, ``square:1000`` -> ``Square (1000 queries)``."""
+    if name.startswith("pgd:"):
+        return f"PGD-{name[4:]}"
+    if name.startswith("square:"):
+        return f"Square ({name[7:]} queries)"
+    return ATTACK_TITLES.get(name, name)
+
+
+__all__ = ["format_eps", "format_percent", "attack_title"]

@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .formatting import format_percent
-
-ATTACK_NAMES = {"fgsm": "FGSM", "pgd20": "PGD-20", "cw20": "CW-20", "autoattack": "AutoAttack", "apgd-ce": "APGD-CE"}
+from .formatting import attack_title, format_percent
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ class QuickstartSummary:
             f"projects into the teacher's embedding space and classifies with its text embeddings",
         ]
         if self.student_clean_accuracy is not None:
-            attacked = ", ".join(f"{ATTACK_NAMES.get(name, name)} {format_percent(value)}"
+            attacked = ", ".join(f"{attack_title(name)} {format_percent(value)}"
                                  for name, value in self.student_robust_accuracy.items())
             lines.append(f"  distilled with {self.method} ({self.train_steps} steps, {self.train_seconds:.0f} s)")
             lines.append(f"  test accuracy on {self.n_eval} test images ({self.eval_threat}): clean "
