@@ -154,6 +154,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     summary = {"teacher": config.teacher, "student": config.student, "method": config.method,
                "dataset": config.dataset.name, "steps": result.steps, "seconds": round(result.seconds, 1),
                "output_dir": result.output_dir, **{k: v for k, v in final.items() if k.startswith("val_")}}
+    from accelerate.state import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch` one summary, not one per process
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:
