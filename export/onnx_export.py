@@ -189,6 +189,8 @@ def export_onnx(
     square_queries: int = DEFAULT_SQUARE_QUERIES,
     batch_size: int = 100,
     seed: int = 0,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
     dataset_name: str | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> ExportResult:
@@ -209,6 +211,8 @@ def export_onnx(
         threat, method: recorded in the metadata; ``threat`` is also the validation's threat (default: the
             student's training threat from its saved config, else L-inf 8/255).
         n_examples, attacks, square_queries, batch_size, seed: the validation's settings (see validate_onnx).
+        providers, threads: the onnxruntime session that validation runs the artifact in (default: CPU, and
+            onnxruntime's own thread count; ``threads=1`` on a shared machine).
         config: the student's saved-format ``config.json`` to record (default: read from the folder, or built from
             the student); its teacher provenance, method and training threat go into the metadata.
     """
@@ -248,7 +252,7 @@ def export_onnx(
         if data is not None:
             report = validate_onnx(artifact, student, data, threat=threat_obj, n_examples=n_examples, attacks=attacks,
                                    square_queries=square_queries, thresholds=thresholds, batch_size=batch_size,
-                                   seed=seed, dataset_name=dataset_name)
+                                   seed=seed, providers=providers, threads=threads, dataset_name=dataset_name)
             report.path = str(path)
             metadata["validation"] = report.to_dict()
             metadata["validation_status"] = "passed" if report.passed else "failed"

@@ -3,8 +3,8 @@
 On a fixed, seeded set of examples, with the deployed artifact run by :class:`~.runner.OnnxStudent`:
 
 (a) **clean parity**: max |logit difference| and top-1 agreement between the torch student and onnxruntime;
-(b) **adversarial parity**: adversarial examples crafted on the torch student (PGD-20, AutoAttack's APGD-CE),
-    robust accuracy in both runtimes, top-1 agreement and max |logit difference| on those examples;
+(b) **adversarial parity**: adversarial examples crafted on the torch student (PGD-20, AutoAttack's APGD-CE) for
+    every example that either runtime classifies correctly, robust accuracy in both runtimes, top-1 agreement and max |logit difference| on those examples;
 (c) **black box on the artifact**: Square run directly on the onnxruntime session (queries only, no torch model),
     compared with the white-box number: a black-box attack clearly stronger than the white-box attacks means the
     gradients lie (masking) or the artifact is not the model that was attacked, and fails validation.
@@ -105,7 +105,8 @@ class ExportReport:
     """How an ONNX artifact behaved against its torch student, clean and under attack (accuracies are fractions).
 
     ``clean``: ``accuracy_torch``, ``accuracy_onnx``, ``top1_agreement``, ``max_logit_diff``; ``adversarial``:
-    per attack crafted on torch, the same keys plus ``settings``; ``black_box``: Square on the artifact
+    per attack crafted on torch, the same keys plus ``settings`` and ``n_attacked`` (the examples either runtime
+    classifies correctly: all of them are attacked); ``black_box``: Square on the artifact
     (``accuracy_onnx``, ``white_box_accuracy_torch``, ``settings``); ``worst_case``: per-example worst case over
     the white-box attacks (torch) and over every attack including Square (ONNX). ``mode`` is ``"full"`` or
     ``"artifact-only"`` (no torch student: transfer from ``surrogate``, whose accuracies are
@@ -334,6 +335,7 @@ def validate_onnx(
     batch_size: int = 100,
     seed: int = 0,
     providers: Sequence[str] | None = None,
+    threads: int | None = None,
     dataset_name: str | None = None,
 ) -> ExportReport:
     """Validate the ONNX artifact at ``path`` against its torch ``student`` on ``n_examples`` of ``data``.
@@ -342,10 +344,12 @@ def validate_onnx(
     a DataLoader). ``threat`` defaults to the one in the artifact's metadata. ``attacks`` are the white-box
     attacks crafted on torch (default PGD-20 and APGD-CE); Square runs on the artifact with ``square_queries``
     per image. The checks and their limits (:class:`Thresholds`) depend on the artifact's precision.
+    ``providers`` and ``threads`` (onnxruntime intra-op threads; default: onnxruntime's choice) set up the
+    artifact's session, as in :class:`~.runner.OnnxStudent`.
     """
     thresholds = thresholds or Thresholds()
     start_all = time.perf_counter()
-    artifact = OnnxStudent(path, providers=providers)
+    artifact = OnnxStudent(path, providers=providers, threads=threads)
     threat = _threat(threat, artifact)
     x, y, selection = collect_examples(data, n_examples, seed)
     device = next((t.device for t in student.parameters()), torch.device("cpu"))
@@ -364,14 +368,19 @@ def validate_onnx(
     seconds["clean"] = round(time.perf_counter() - start, 3)
 
     adversarial: dict[str, dict[str, Any]] = {}
+    # Attack every example that either runtime classifies correctly: an example only the artifact gets right
+    # (INT8 rounding, or a faithful-looking graph of another model) must be attacked too, or it would count as
+    # robust for the artifact without ever having been attacked.
+    attacked = clean["_ref_correct"] | clean["_onnx_correct"]
     for name in attacks:
         start = time.perf_counter()
         attack = get_attack(name)
-        x_adv = _craft(name, student, x.to(device), y.to(device), threat, clean["_ref_correct"].to(device),
+        x_adv = _craft(name, student, x.to(device), y.to(device), threat, attacked.to(device),
                        batch_size=batch_size, seed=seed).cpu()
         result = _compare(_torch_logits(student, x_adv.to(device), batch_size), _onnx_logits(artifact, x_adv, batch_size),
                           y, clean["_ref_correct"], clean["_onnx_correct"])
         result["settings"] = attack.settings(threat, num_classes)
+        result["n_attacked"] = int(attacked.sum())
         adversarial[name] = result
         seconds[name] = round(time.perf_counter() - start, 3)
 
@@ -471,14 +480,16 @@ def validate_artifact(
     batch_size: int = 100,
     seed: int = 0,
     providers: Sequence[str] | None = None,
+    threads: int | None = None,
     dataset_name: str | None = None,
 ) -> ExportReport:
     """Re-check an artifact someone handed you, without its torch student: clean accuracy and Square on the
     onnxruntime session, plus ``attacks`` crafted on ``surrogate`` (a model with the artifact's classes, e.g. the
     teacher in its metadata) and transferred. The report has no gates (``passed`` is None) and says it is weaker.
+    ``providers`` and ``threads`` as in :func:`validate_onnx`.
     """
     start_all = time.perf_counter()
-    artifact = OnnxStudent(path, providers=providers)
+    artifact = OnnxStudent(path, providers=providers, threads=threads)
     threat = _threat(threat, artifact)
     x, y, selection = collect_examples(data, n_examples, seed)
     onnx_clean = _onnx_logits(artifact, x, batch_size)

@@ -360,6 +360,15 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-failed", action="store_true", help="write artifacts that fail validation (marked failed)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("--json", action="store_true", help="print the validation reports as JSON")
+    _onnxruntime_args(p)
+
+
+def _onnxruntime_args(p: argparse.ArgumentParser) -> None:
+    """The session options of every command that runs an ONNX artifact (the runner's ``--providers``)."""
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="onnxruntime intra-op threads (default: onnxruntime's choice; 1 on a shared machine)")
 
 
 @command("export", "export a trained student to ONNX, validated under attack (and INT8)")(_export_args)
@@ -398,7 +407,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     common = dict(outputs=("logits", "embedding") if args.embedding else ("logits",), opset=args.opset,
                   threat=threat, method=config.get("method"), n_examples=max(args.validate_n, 1),
                   square_queries=args.square_queries, allow_failed=args.allow_failed, overwrite=args.overwrite,
-                  config=config, dataset_name=f"{data_config.name} ({args.split})" if data_config else None)
+                  config=config, dataset_name=f"{data_config.name} ({args.split})" if data_config else None,
+                  providers=args.providers, threads=args.threads)
     validate = build_dataset(data_config, args.split) if args.validate_n else None
     if validate is None:
         print("warning: exporting without validation (--validate-n 0): the artifact is marked 'not validated'",
@@ -432,8 +442,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jsonl", action="store_true", help="one JSON object per line (default: tab-separated text)")
     p.add_argument("--probabilities", action="store_true", help="include every class probability (with --jsonl)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--providers", nargs="+", default=None,
-                   help="onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
+    _onnxruntime_args(p)
     p.add_argument("--no-verify", action="store_true", help="load a model whose digest does not match (unsafe)")
 
 
@@ -459,6 +468,7 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-corrupt", action="store_true", help="skip (and count) images that cannot be read")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--output", help="also write the report as JSON to this file")
+    _onnxruntime_args(p)
 
 
 @command("validate", "re-check an ONNX artifact under attack on your own data")(_validate_args)
@@ -469,13 +479,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .students.io import load_student
 
     DATASETS.resolve(args.data)
-    artifact = OnnxStudent(args.model)  # refuses a tampered file before any data loads
+    # Loading refuses a tampered file before any data loads.
+    artifact = OnnxStudent(args.model, providers=args.providers, threads=args.threads)
     recorded = artifact.threat
     threat_entry = _threat_from_args(args, recorded)
     threat = make_threat(threat_entry["norm"], float(threat_entry["eps"])) if threat_entry else None
     dataset = build_dataset(_data_config(args.data, args.skip_corrupt, artifact.image_size[0]), args.split)
     common = dict(threat=threat, n_examples=args.n_examples, square_queries=args.square_queries,
-                  dataset_name=f"{args.data} ({args.split})")
+                  dataset_name=f"{args.data} ({args.split})", providers=args.providers, threads=args.threads)
     if args.student:
         report = validate_onnx(args.model, load_student(_saved_student_dir(args.student)), dataset, **common)
     else:

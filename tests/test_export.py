@@ -214,6 +214,52 @@ def test_square_on_onnxruntime_catches_gradient_masking(teacher, tmp_path):
     assert report.clean["max_logit_diff"] < 1e-4  # the artifact itself is faithful: only the masking fails
 
 
+class _WrongOnFlagged(nn.Module):
+    """The student's gradients, but the class after its prediction wins (by +100) on images whose first pixel is
+    bright: a torch model that gets those images wrong while the artifact exported from ``student`` gets them
+    right."""
+
+    def __init__(self, student) -> None:
+        super().__init__()
+        self.student = student
+        self.spec, self.classnames = student.spec, student.classnames
+
+    def forward(self, x):
+        logits = self.student(x)
+        flagged = (x[:, 0, 0, 0] > 0.5).to(logits.dtype)
+        wrong = nn.functional.one_hot((logits.argmax(1) + 1) % logits.shape[1], logits.shape[1])
+        return logits + 100.0 * flagged[:, None] * wrong
+
+
+def test_examples_only_the_artifact_gets_right_are_attacked_too(teacher, tmp_path):
+    student = _student(teacher, "resnet_tiny")
+    x, _ = _labelled(student, n=36)
+    x[:, 0, 0, 0] = (torch.arange(36) % 2).float()  # the flag survives the attack: eps 0.25 cannot cross 0.5
+    flagged = x[:, 0, 0, 0] > 0.5
+    with torch.no_grad():
+        y = student(x).argmax(1)  # the artifact's own labels: it is right on every example
+    export_onnx(student, tmp_path / "model.onnx")
+    kwargs = dict(threat=rs.attacks.LinfBall(0.25), n_examples=36, square_queries=20, attacks=("pgd20",))
+    honest = validate_onnx(tmp_path / "model.onnx", student, (x, y), **kwargs)
+    skewed = validate_onnx(tmp_path / "model.onnx", _WrongOnFlagged(student), (x, y), **kwargs)
+    assert skewed.clean["accuracy_onnx"] == 1.0 and skewed.clean["accuracy_torch"] == pytest.approx(
+        1 - flagged.float().mean().item())
+    pgd = skewed.adversarial["pgd20"]
+    assert pgd["n_attacked"] == 36  # every example either runtime gets right, not only those torch gets right
+    # Unattacked (crafted only where torch is right), the flagged half would all count as robust for the artifact:
+    # its robust accuracy could not go below 50 %. Attacked, most of them break.
+    assert honest.adversarial["pgd20"]["accuracy_onnx"] < 0.2
+    assert pgd["accuracy_onnx"] < flagged.float().mean().item() - 0.2
+
+
+def test_onnxruntime_threads_reach_the_session(exported):
+    path = exported[1] / "model.onnx"
+    assert OnnxStudent(path, threads=1).session.get_session_options().intra_op_num_threads == 1
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a whole number >= 1"):
+            OnnxStudent(path, threads=bad)
+
+
 def test_a_tampered_weight_or_graph_is_refused(exported, tmp_path):
     (tmp_path / "model.onnx").write_bytes((exported[1] / "model.onnx").read_bytes())
     assert OnnxStudent(tmp_path / "model.onnx").verified
@@ -308,7 +354,7 @@ def test_cli_export_then_validate_with_and_without_the_student(fitted, tmp_path,
     _, run = fitted
     out = tmp_path / "model.onnx"
     code = main(["export", str(run), "--out", str(out), "--int8", "--validate-n", "16", "--square-queries", "20",
-                 "--calibration-n", "32", "--allow-failed"])
+                 "--calibration-n", "32", "--allow-failed", "--threads", "1"])
     text = capsys.readouterr().out
     assert code == 0 and out.is_file() and (tmp_path / "model.int8.onnx").is_file()
     assert "fp32 ONNX validation" in text and "int8 ONNX validation" in text and f"wrote {out}" in text
@@ -316,7 +362,7 @@ def test_cli_export_then_validate_with_and_without_the_student(fitted, tmp_path,
     assert main(["export", str(run), "--out", str(out)]) == 2 and "--overwrite" in capsys.readouterr().err
 
     common = ["--data", "synthetic:3", "--n-examples", "16", "--square-queries", "20"]
-    code = main(["validate", str(out), "--student", str(run), *common, "--json"])
+    code = main(["validate", str(out), "--student", str(run), *common, "--json", "--threads", "1"])
     full = json.loads(capsys.readouterr().out)
     assert full["mode"] == "full" and code == (0 if full["passed"] else 3) and full["eps"] == 0.03
     assert main(["validate", str(out), *common]) == 0  # the artifact alone: teacher fmnist-clip as surrogate

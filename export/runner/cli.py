@@ -70,12 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--providers", nargs="+", default=None,
                    help="onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
+    p.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime intra-op threads (default: onnxruntime's choice; 1 on a shared machine)")
     p.add_argument("--no-verify", action="store_true", help="load a model whose digest does not match (unsafe)")
 
 
 def run(args: argparse.Namespace, stdin: IO[str] | None = None, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
-    model = OnnxStudent(args.model, providers=args.providers, verify=not args.no_verify)
+    model = OnnxStudent(args.model, providers=args.providers, threads=args.threads, verify=not args.no_verify)
     print(f"{model.path.name}: {len(model.class_names)} classes, {model.precision}, running on {model.provider}",
           file=sys.stderr)
     result = write_predictions(model, sources(args.images, stdin if stdin is not None else sys.stdin), out,
