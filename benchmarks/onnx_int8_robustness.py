@@ -199,52 +199,6 @@ def ort_speed(workdir: Path, image_size: int, threads: int, repeats: int = 7) ->
             "int8_over_fp32": round(rate["int8"] / rate["fp32"], 2), "batch": 32, "repeats": repeats}
 
 
-def unattacked_check(d: RobustDistiller, args: argparse.Namespace, workdir: Path,
-                     reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``validate_onnx`` crafts each white-box attack only on the examples the TORCH student gets right and scores
-    the artifact on ``x_adv`` AND its own clean correctness: an example the artifact gets right but torch does
-    not stays clean and counts as robust for the artifact. Here those examples are attacked too (the same attacks
-    crafted on torch, transferred), giving the artifact's corrected robust accuracy per attack (cached)."""
-    from robust_student.attacks import make_threat
-    from robust_student.data import build_dataset
-    from robust_student.evaluation import collect_examples
-    from robust_student.export import OnnxStudent
-    from robust_student.export.validate import _craft  # the validation's own crafting loop (same seeds)
-
-    cache = workdir / "unattacked_check.json"
-    steps = d.result.steps
-    if cache.is_file():
-        kept = json.loads(cache.read_text())
-        if kept.get("student_steps") == steps and kept.get("n_examples") == args.n_val:
-            return kept
-    cfg = d.config
-    x, y, _ = collect_examples(build_dataset(cfg.dataset, cfg.eval.split), args.n_val, 0)
-    student = d.student.eval()
-    with torch.no_grad():
-        torch_ok = torch.cat([student(x[i:i + 100]).argmax(1) for i in range(0, len(x), 100)]) == y
-    threat = make_threat(cfg.eval.norm, cfg.eval.eps)
-    out: dict[str, Any] = {"student_steps": steps, "n_examples": args.n_val,
-                           "torch_clean_accuracy": torch_ok.float().mean().item(), "artifacts": {}}
-    for precision in ("fp32", "int8"):
-        runner = OnnxStudent(workdir / f"student_{precision}.onnx", threads=args.threads)
-        ok = torch.from_numpy(runner.logits(x.numpy())).argmax(1) == y
-        at_issue = ok & ~torch_ok
-        entry: dict[str, Any] = {"clean_accuracy": ok.float().mean().item(), "right_where_torch_wrong": int(at_issue.sum())}
-        for name, r in reports[precision]["adversarial"].items():
-            survivors = 0
-            if at_issue.any():
-                x_adv = _craft(name, student, x, y, threat, at_issue, batch_size=100, seed=0)
-                pred = torch.from_numpy(runner.logits(x_adv[at_issue].numpy())).argmax(1)
-                survivors = int((pred == y[at_issue]).sum())
-            reported = r["accuracy_onnx"]
-            entry[name] = {"reported": reported, "unattacked_counted_robust": int(at_issue.sum()),
-                           "survive_when_attacked": survivors,
-                           "corrected": reported - (int(at_issue.sum()) - survivors) / args.n_val}
-        out["artifacts"][precision] = entry
-    cache.write_text(json.dumps(out, indent=2) + "\n")
-    return out
-
-
 # -- the table ---------------------------------------------------------------------------------------------------
 
 def summarise(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
@@ -347,18 +301,6 @@ def to_markdown(res: dict[str, Any]) -> str:
             "sqrt(label changes / n): "
             + ", ".join(f"{k.split(' ')[0]} <= {100 * r['paired_se_bound']:.1f}" for k, r in s["rows"].items()
                         if r["paired_se_bound"] is not None) + " points.", ""]
-    check = res.get("unattacked_check")
-    if check:
-        parts = []
-        for precision, e in check["artifacts"].items():
-            for name, r in e.items():
-                if isinstance(r, dict):
-                    parts.append(f"{precision.upper()} {name} {pct(r['reported'])} -> {pct(r['corrected'])} "
-                                 f"({r['unattacked_counted_robust']} unattacked, {r['survive_when_attacked']} survive "
-                                 "when attacked)")
-        out += ["Unattacked examples: the validation crafts attacks only on the examples the torch student gets right, "
-                "so an example an artifact gets right and torch gets wrong stays clean and counts as robust for the "
-                "artifact. Attacking those too (same attacks, crafted on torch): " + "; ".join(parts) + ".", ""]
     if s["fp32_failures"] or s["int8_failures"]:
         out += ["Failed gates:", ""]
         for which in ("fp32", "int8"):
@@ -445,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
     int8 = export(d, args, workdir, "int8", budget["steps"])
     speed = ort_speed(workdir, args.image_size, args.threads)
     summary = summarise(fp32, int8)
-    check = unattacked_check(d, args, workdir, {"fp32": fp32["report"], "int8": int8["report"]})
     rf = fp32["report"]
     q = int8.get("quantization") or {}
     validation = {"n_examples": rf["n_examples"], "selection": rf["selection"], "eps_text": rf["eps_text"],
@@ -458,7 +399,6 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary, "budget": budget, "validation": validation, "ort_speed": speed,
         "export_seconds": {"fp32": fp32["seconds"], "int8": int8["seconds"]},
         "reports": {"fp32": fp32["report"], "int8": int8["report"]}, "quantization": q, "probe": probed,
-        "unattacked_check": check,
         "resolution_note": resolution_note(probed, args.image_size, args.n_val, APGD_ITERATIONS),
         "export_notes": EXPORT_NOTES, "machine": machine, "onnxruntime": onnxruntime.__version__,
         "command": command.strip(), "wall_seconds": round(time.perf_counter() - started, 1),
@@ -503,11 +443,9 @@ EXPORT_NOTES = [
     "the crafted examples would halve the torch cost of exporting both.",
     "The INT8 white-box rows are transfer from the FP32 student; only Square attacks the INT8 model itself, so "
     "the INT8 worst case is the only row that can catch a quantized model that is weaker than its gradients say.",
-    "`validate_onnx` crafts the white-box attacks only on the examples the torch student classifies correctly "
-    "(`attack_only=clean['_ref_correct']`) but scores the artifact with its own clean correctness, so an example "
-    "the artifact gets right and torch gets wrong is never attacked and counts as robust for the artifact: the "
-    "INT8 rows are biased upwards by up to the share of such examples (measured in the 'Unattacked examples' "
-    "paragraph; Square, which attacks every example the artifact gets right, is not affected).",
+    "`validate_onnx` crafts the white-box attacks on every example that either runtime classifies correctly "
+    "(`n_attacked` in each report), so an example only the INT8 artifact gets right is attacked too and cannot "
+    "count as robust for free.",
 ]
 
 if __name__ == "__main__":
