@@ -19,6 +19,7 @@
     python benchmarks/train_speed.py            # CPU -> benchmarks/results/train_speed_cpu.{json,md}
     python benchmarks/train_speed.py --quick    # a smoke run of the script itself
     python benchmarks/train_speed.py --only-reference-rslad --repeats 5   # -> train_speed_reference_cpu.{json,md}
+    python benchmarks/train_speed.py --only-dghfa-bench   # DGHFA vs RSLAD at 5 and 10 PGD steps, other tables kept
 """
 
 from __future__ import annotations
@@ -155,12 +156,14 @@ def caching_table(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 DGHFA_STEPS = ("ad", "ad+pag", "dghfa")  # no gradient alignment, + the double backward, the full method
 
 
-def dghfa_table(args: argparse.Namespace) -> list[dict[str, Any]]:
+def dghfa_table(args: argparse.Namespace, steps: int | None = None) -> list[dict[str, Any]]:
     """DGHFA's cost next to RSLAD's: seconds per training step (bare loop), and the double backward's share.
 
     ``ad`` is DGHFA without gradient alignment or HPFA; ``ad+pag`` adds L_PAG (the teacher's input-gradient
-    and the student's double backward); ``dghfa`` adds HPFA (N_m iterates through the student).
+    and the student's double backward); ``dghfa`` adds HPFA (N_m iterates through the student). ``steps``: the
+    training attack's PGD steps (default ``args.steps``); both methods run the same attack.
     """
+    steps = args.steps if steps is None else steps
     from robust_student.methods.dghfa import ABLATIONS
 
     data = build_dataset("fashion-mnist", "train").subset(range(args.n_images))
@@ -169,10 +172,10 @@ def dghfa_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     student0 = create_student("resnet_tiny", teacher, image_size=28)
     variants = {"rslad": ("rslad", {})}
-    variants.update({f"dghfa:{k}": ("dghfa", {**ABLATIONS[k], "num_intermediate": min(6, args.steps)})
+    variants.update({f"dghfa:{k}": ("dghfa", {**ABLATIONS[k], "num_intermediate": min(6, steps)})
                      for k in DGHFA_STEPS})
     cfg = DistillConfig().with_overrides({"train.batch_size": args.batch_size, "threat.eps": 0.1,
-                                          "attack.step_size": 0.025, "attack.steps": args.steps})
+                                          "attack.step_size": 0.025, "attack.steps": steps})
     times: dict[str, list[float]] = {k: [] for k in variants}
     for repeat in range(args.repeats):
         for label, (name, method_args) in (variants.items() if repeat % 2 == 0 else reversed(variants.items())):
@@ -180,11 +183,11 @@ def dghfa_table(args: argparse.Namespace) -> list[dict[str, Any]]:
                                    num_classes=10, embed_dim=student0.embed_dim)
             _, cpu_seconds = timed(bare_loop, copy.deepcopy(student0), method, {"teacher": teacher}, data, cfg)
             times[label].append(cpu_seconds)
-    steps = -(-args.n_images // args.batch_size)
+    optimiser_steps = -(-args.n_images // args.batch_size)
     rslad = statistics.median(times["rslad"])
-    rows = [{"variant": label, "seconds_per_step": statistics.median(t) / steps,
+    rows = [{"variant": label, "seconds_per_step": statistics.median(t) / optimiser_steps,
              "vs_rslad": statistics.median(t) / rslad, "seconds": t} for label, t in times.items()]
-    logging.info("dghfa: %s", ", ".join(f"{r['variant']} {r['seconds_per_step']:.2f} s/step "
+    logging.info("dghfa (%d-step PGD): %s", steps, ", ".join(f"{r['variant']} {r['seconds_per_step']:.2f} s/step "
                                         f"(x{r['vs_rslad']:.2f} RSLAD)" for r in rows))
     return rows
 
@@ -438,6 +441,12 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += [f"| {r['variant']} | {r['seconds_per_step']:.3f} | {r['vs_rslad']:.2f} |" for r in dghfa]
         double = by["dghfa:ad+pag"]["seconds_per_step"] / by["dghfa:ad"]["seconds_per_step"] - 1
         lines += ["", f"The double backward (L_PAG) adds {100 * double:.0f} % to a DGHFA step without it.", ""]
+    for steps, rows in (result.get("dghfa_by_steps") or {}).items():
+        lines += [f"The same at {steps}-step PGD (both methods; HPFA over min(6, {steps}) iterates), measured in the "
+                  "same run as the table above (`--only-dghfa-bench` re-measures both):", "",
+                  "| variant | s / step | x RSLAD |", "|---|---:|---:|"]
+        lines += [f"| {r['variant']} | {r['seconds_per_step']:.3f} | {r['vs_rslad']:.2f} |" for r in rows]
+        lines.append("")
     paper = result.get("paper_methods")
     if paper:
         lines += [
@@ -471,6 +480,11 @@ def main() -> None:
     parser.add_argument("--cache-epochs", type=int, default=3)
     parser.add_argument("--no-cache-bench", action="store_true")
     parser.add_argument("--no-dghfa-bench", action="store_true")
+    parser.add_argument("--dghfa-extra-steps", nargs="*", type=int, default=[10],
+                        help="also time DGHFA vs RSLAD at these PGD step counts (a longer attack dilutes DGHFA's "
+                             "fixed extra cost)")
+    parser.add_argument("--only-dghfa-bench", action="store_true",
+                        help="re-measure only the DGHFA tables, keeping the other tables of an earlier full run")
     parser.add_argument("--paper-methods", nargs="+", default=list(PAPER_METHODS))
     parser.add_argument("--no-paper-bench", action="store_true")
     parser.add_argument("--only-paper-bench", action="store_true",
@@ -491,7 +505,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     output = Path(args.output)
-    if not args.no_reference_rslad or args.only_reference_rslad:
+    if (not args.no_reference_rslad and not args.only_dghfa_bench) or args.only_reference_rslad:
         reference_output = output.with_name(output.name.replace("train_speed", "train_speed_reference", 1)
                                             if output.name.startswith("train_speed") else output.name + "_reference")
         with tempfile.TemporaryDirectory() as tmp:
@@ -519,20 +533,24 @@ def main() -> None:
             "settings": {"teacher": args.teacher, "batch_size": args.batch_size, "steps": args.steps,
                          "n_images": args.n_images, "repeats": args.repeats, "threads": args.threads},
         }
-        if args.only_paper_bench:  # keep the other tables of an earlier full run, re-measure this one
+        if args.only_paper_bench or args.only_dghfa_bench:  # keep an earlier full run's other tables
             previous = output.with_suffix(".json")
             if previous.is_file():
                 old = json.loads(previous.read_text(encoding="utf-8"))
                 if old.get("settings") != result["settings"]:
                     raise SystemExit(f"{previous} was measured with other settings; run the full benchmark")
                 result = {**old, **{k: result[k] for k in ("machine", "torch", "robust_student")}}
-        else:
+        if args.only_dghfa_bench:
+            result["dghfa"] = dghfa_table(args)
+        elif not args.only_paper_bench:
             result["overhead"] = overhead_table(args, Path(tmp))
             if not args.no_cache_bench:
                 result["caching"] = caching_table(args, Path(tmp))
             if not args.no_dghfa_bench:
                 result["dghfa"] = dghfa_table(args)
-        if not args.no_paper_bench:
+        if (args.only_dghfa_bench or not (args.no_dghfa_bench or args.only_paper_bench)) and args.dghfa_extra_steps:
+            result["dghfa_by_steps"] = {str(k): dghfa_table(args, k) for k in args.dghfa_extra_steps}
+        if not args.no_paper_bench and not args.only_dghfa_bench:
             result["paper_methods"] = methods_table(args)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
