@@ -4,7 +4,8 @@ On a fixed, seeded set of examples, with the deployed artifact run by :class:`~.
 
 (a) **clean parity**: max |logit difference| and top-1 agreement between the torch student and onnxruntime;
 (b) **adversarial parity**: adversarial examples crafted on the torch student (PGD-20, AutoAttack's APGD-CE) for
-    every example that either runtime classifies correctly, robust accuracy in both runtimes, top-1 agreement and max |logit difference| on those examples;
+    every example that either runtime classifies correctly, robust accuracy in both runtimes, top-1 agreement
+    and max |logit difference| on those examples;
 (c) **black box on the artifact**: Square run directly on the onnxruntime session (queries only, no torch model),
     compared with the white-box number: a black-box attack clearly stronger than the white-box attacks means the
     gradients lie (masking) or the artifact is not the model that was attacked, and fails validation.

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from robust_student.formatting import format_eps, format_percent
-from robust_student.formatting import attack_title
+from robust_student.formatting import attack_title, format_eps, format_percent
 from robust_student.methods import method_paper
 
 TEMPLATE = Path(__file__).resolve().parent / "card_template.md"

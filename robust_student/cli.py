@@ -364,11 +364,10 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _onnxruntime_args(p: argparse.ArgumentParser) -> None:
-    """The session options of every command that runs an ONNX artifact (the runner's ``--providers``)."""
-    p.add_argument("--providers", nargs="+", default=None,
-                   help="onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="onnxruntime intra-op threads (default: onnxruntime's choice; 1 on a shared machine)")
+    """``--providers`` / ``--threads``: the torch-free runner's own definition (one for every command)."""
+    from .export.runner.cli import add_session_arguments
+
+    add_session_arguments(p)
 
 
 @command("export", "export a trained student to ONNX, validated under attack (and INT8)")(_export_args)
@@ -435,15 +434,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    # The same arguments as `python -m robust_student.export.runner` (the torch-free entry point).
-    p.add_argument("model", help="an ONNX file written by robust-student export")
-    p.add_argument("images", nargs="*", help="image files (PNG, JPEG, TIFF, DICOM, ...); none or '-': read paths "
-                                             "from stdin, one per line")
-    p.add_argument("--jsonl", action="store_true", help="one JSON object per line (default: tab-separated text)")
-    p.add_argument("--probabilities", action="store_true", help="include every class probability (with --jsonl)")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    _onnxruntime_args(p)
-    p.add_argument("--no-verify", action="store_true", help="load a model whose digest does not match (unsafe)")
+    """The arguments of `python -m robust_student.export.runner` (the torch-free entry point), defined there."""
+    from .export.runner.cli import add_arguments
+
+    add_arguments(p)
 
 
 @command("predict", "classify images with an exported ONNX model (one JSON line per image with --jsonl)")(_predict_args)

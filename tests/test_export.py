@@ -258,6 +258,15 @@ def test_onnxruntime_threads_reach_the_session(exported):
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="threads must be a whole number >= 1"):
             OnnxStudent(path, threads=bad)
+    from robust_student.cli import main
+    from robust_student.export.runner.cli import main as runner_main
+
+    for command in (["predict", str(path)], ["validate", str(path), "--data", "synthetic:3"]):
+        with pytest.raises(SystemExit) as exit_:  # refused by the argument parser, before anything loads
+            main([*command, "--threads", "0"])
+        assert exit_.value.code == 2
+    with pytest.raises(SystemExit):
+        runner_main([str(path), "--threads", "0"])
 
 
 def test_a_tampered_weight_or_graph_is_refused(exported, tmp_path):

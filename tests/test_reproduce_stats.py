@@ -90,7 +90,8 @@ def test_vectors_match_a_float32_report_but_not_one_image_off(reproduce):
     n = 500
     accuracy = {"clean": 372 / n, "fgsm": 293 / n, "pgd20": 263 / n, "cw20": 266 / n}
     as_float32 = {k: torch.tensor(v, dtype=torch.float32).item() for k, v in accuracy.items()}  # 0.744 -> 0.7440000176
-    report = {"clean_accuracy": as_float32["clean"], "robust_accuracy": {k: as_float32[k] for k in accuracy if k != "clean"}}
+    report = {"clean_accuracy": as_float32["clean"],
+              "robust_accuracy": {k: as_float32[k] for k in accuracy if k != "clean"}}
     assert as_float32["clean"] != accuracy["clean"]  # an exact comparison would flag this as a mismatch
     assert reproduce.vectors_match_report(accuracy, report, n)
     report["robust_accuracy"]["pgd20"] = 264 / n

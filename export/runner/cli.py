@@ -61,17 +61,33 @@ def write_predictions(model: OnnxStudent, paths: Iterable[str], out: IO[str], *,
     return everything
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_session_arguments(p: argparse.ArgumentParser) -> None:
+    """The onnxruntime session options, shared by every command that runs an artifact (predict, export, validate)."""
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="onnxruntime intra-op threads (default: onnxruntime's choice; 1 on a shared machine)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``predict`` (this runner's ``main`` and ``robust-student predict``)."""
     p.add_argument("model", help="an ONNX file written by robust-student export")
     p.add_argument("images", nargs="*", help="image files (PNG, JPEG, TIFF, DICOM, ...); none or '-': read paths "
                                              "from stdin, one per line")
     p.add_argument("--jsonl", action="store_true", help="one JSON object per line (default: tab-separated text)")
     p.add_argument("--probabilities", action="store_true", help="include every class probability (with --jsonl)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--providers", nargs="+", default=None,
-                   help="onnxruntime execution providers, e.g. CUDAExecutionProvider CPUExecutionProvider")
-    p.add_argument("--threads", type=int, default=None,
-                   help="onnxruntime intra-op threads (default: onnxruntime's choice; 1 on a shared machine)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    add_session_arguments(p)
     p.add_argument("--no-verify", action="store_true", help="load a model whose digest does not match (unsafe)")
 
 
@@ -99,4 +115,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["sources", "write_predictions", "add_arguments", "run", "main", "SOME_FAILED"]
+__all__ = ["sources", "write_predictions", "add_arguments", "add_session_arguments", "run", "main", "SOME_FAILED"]

@@ -165,7 +165,8 @@ class OnnxStudent:
         options = ort.SessionOptions()
         if threads is not None:
             if isinstance(threads, bool) or int(threads) != threads or threads < 1:
-                raise ValueError(f"threads must be a whole number >= 1 (or None: onnxruntime's choice), got {threads!r}")
+                raise ValueError(f"threads must be a whole number >= 1 (or None: onnxruntime's choice), "
+                                 f"got {threads!r}")
             options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3  # onnxruntime's own warnings are noise here; fallbacks are reported below
         self.requested_providers = list(providers or ["CPUExecutionProvider"])
