@@ -43,6 +43,8 @@ from robust_student import RobustDistiller, ThreatConfig, __version__
 from robust_student.config import DataConfig
 from robust_student.formatting import format_eps
 
+from reproduce import differing, locked, read_results, results_lock, write_json  # benchmarks/ is on sys.path
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ADV, CLEAN, PROXY = "fmnist-clip-fare", "fmnist-clip", "fmnist-clip-cnn"
 HELD_OUT = ["Pullover", "Sandal", "Bag"]
@@ -309,48 +311,87 @@ def main() -> None:
                          "another --workdir")
     settings_file.write_text(json.dumps(settings, indent=2))
     eval_settings = {k: getattr(args, k) for k in EVAL_KEYS}
+    output = Path(args.output)
 
-    kinds = dict.fromkeys(RUNS[label].get("student", "warm") for label in args.runs)
-    runs: dict[str, Any] = {}
+    # Finished rows live in the committed JSON too (the workdir does not outlive a session): a row stored there
+    # with these training and evaluation settings is not trained or evaluated again.
+    with locked(results_lock(output)):
+        stored = read_results(output.with_suffix(".json"))
+    if stored.get("train_settings", settings) != settings:
+        if not args.fresh:
+            raise SystemExit(f"{output.with_suffix('.json')} holds rows trained with other settings "
+                             f"({differing(stored['train_settings'], settings)}): pass --fresh (it discards them) "
+                             "or another --output")
+        update_stored(output, args, settings, lambda runs: runs.clear())
+    elif args.fresh:
+        update_stored(output, args, settings, lambda runs: runs.clear())
+    stored_runs = {} if args.fresh else stored.get("runs", {})
+
+    def finished(label: str) -> dict[str, Any] | None:
+        run = stored_runs.get(label)
+        return run if run and (args.skip_eval or run.get("eval_settings") == eval_settings) else None
+
+    needs_training = [label for label in args.runs if finished(label) is None
+                      and not (workdir / label / "result.json").is_file()]
+    kinds = dict.fromkeys(RUNS[label].get("student", "warm") for label in needs_training)
     for label, classes in (WARM[kind] for kind in kinds if kind in WARM):
-        cache = workdir / label / "result.json"
-        if not cache.is_file():
-            logging.info("training %s", label)
-            cache.write_text(json.dumps(warm_start(label, classes, args, workdir), indent=2))
+        with locked(workdir / f"{label}.lock"):  # two processes sharing a workdir train it once
+            cache = workdir / label / "result.json"
+            if not cache.is_file():
+                logging.info("training %s", label)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(warm_start(label, classes, args, workdir), indent=2))
     for label in args.runs:
-        cache = workdir / label / "result.json"
-        run = json.loads(cache.read_text()) if cache.is_file() else None
-        if run is None:
-            logging.info("training %s", label)
-            run = train_run(label, args, workdir)
-            cache.write_text(json.dumps(run, indent=2))
-        logging.info("%s trained in %.1f min (finite: %s)", label, run["train_seconds"] / 60, run["finite"])
-        if not args.skip_eval and run.get("eval_settings") != eval_settings:
-            run["eval"] = evaluate_run(label, args, workdir)
-            run["eval_settings"] = eval_settings
-            cache.write_text(json.dumps(run, indent=2))
-        runs[label] = run
-        write_results(args, runs)
+        if finished(label) is not None:
+            logging.info("%s: finished earlier (%s), skipped", label, output.with_suffix(".json"))
+            continue
+        with locked(workdir / f"{label}.lock"):
+            cache = workdir / label / "result.json"
+            run = json.loads(cache.read_text()) if cache.is_file() else None
+            if run is None:
+                logging.info("training %s", label)
+                run = train_run(label, args, workdir)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(run, indent=2))
+            logging.info("%s trained in %.1f min (finite: %s)", label, run["train_seconds"] / 60, run["finite"])
+            if not args.skip_eval and run.get("eval_settings") != eval_settings:
+                started = time.perf_counter()
+                run["eval"] = evaluate_run(label, args, workdir)
+                run["eval_settings"] = eval_settings
+                run["eval_seconds"] = time.perf_counter() - started
+                cache.write_text(json.dumps(run, indent=2))
+        update_stored(output, args, settings, lambda runs, label=label, run=run: runs.__setitem__(label, run))
 
 
-def write_results(args: argparse.Namespace, runs: dict[str, Any]) -> None:
-    """Rewrite the markdown and JSON with every finished row (after each row, so partial results are usable)."""
+def update_stored(output: Path, args: argparse.Namespace, settings: dict[str, Any], change: Any) -> None:
+    """Under the results lock: read the stored rows, apply ``change(runs)``, rewrite the JSON and markdown (after
+    each row, so partial results are usable and two processes with different ``--runs`` can share one output)."""
+    with locked(results_lock(output)):
+        stored = read_results(output.with_suffix(".json"))
+        runs = stored.get("runs", {})
+        change(runs)
+        write_results(args, settings, runs, notes=args.notes or stored.get("notes", ""))
+
+
+def write_results(args: argparse.Namespace, settings: dict[str, Any], runs: dict[str, Any], notes: str) -> None:
+    """Rewrite the markdown and JSON with every finished row (in ``RUNS`` order)."""
+    runs = {label: runs[label] for label in sorted(runs, key=lambda k: list(RUNS).index(k) if k in RUNS else 99)}
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, CPU (shared)",
         "torch": torch.__version__, "robust_student": __version__,
         "command": "python benchmarks/methods_fmnist.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k in ("runs", "seed", "adv_teacher", "proxy_teacher", "n_train", "epochs", "batch_size", "lr", "clip_lr", "train_steps",
+            if k in ("seed", "adv_teacher", "proxy_teacher", "n_train", "epochs", "batch_size", "lr", "clip_lr", "train_steps",
                      "train_step_size", "warmup_n_train", "warmup_epochs", "n_val", "n_eval", "n_check", "n_aa")),
         "settings": {**{k: v for k, v in vars(args).items() if k not in ("runs", "notes", "output")},
                      "eval_eps_text": [format_eps(e) for e in args.eval_eps]},
-        "notes": args.notes,
+        "train_settings": settings,
+        "notes": notes,
         "runs": runs,
     }
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_json(output.with_suffix(".json"), result)
     output.with_suffix(".md").write_text(to_markdown(result), encoding="utf-8")
 
 

@@ -1,0 +1,74 @@
+"""benchmarks/methods_fmnist.py keeps finished rows in its committed JSON, so a later session (with no workdir)
+neither trains nor evaluates them again, and two processes with different ``--runs`` merge into one output.
+Training and evaluation are replaced by fakes: no data, no models, milliseconds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # methods_fmnist imports its lock helpers from reproduce
+    spec = importlib.util.spec_from_file_location("methods_fmnist_benchmark", BENCHMARKS / "methods_fmnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls: list[tuple[str, str]] = []
+
+    def fake_warm(label, classes, args, workdir):
+        calls.append(("warm", label))
+        return {"label": label}
+
+    def fake_train(label, args, workdir):
+        calls.append(("train", label))
+        return {"label": label, "train_seconds": 1.0, "finite": True, "history": []}
+
+    def fake_eval(label, args, workdir):
+        calls.append(("eval", label))
+        summary = {"n": args.n_eval, "clean": 0.5, "robust": {"pgd20": 0.25}, "failed_checks": []}
+        return {"all eps 0.1": {"main": summary}}
+
+    monkeypatch.setattr(module, "warm_start", fake_warm)
+    monkeypatch.setattr(module, "train_run", fake_train)
+    monkeypatch.setattr(module, "evaluate_run", fake_eval)
+
+    def run(*argv: str, workdir: str = "w1") -> list[tuple[str, str]]:
+        calls.clear()
+        monkeypatch.setattr(sys, "argv", ["methods_fmnist.py", "--workdir", str(tmp_path / workdir), "--output",
+                                          str(tmp_path / "out" / "methods"), *argv])
+        module.main()
+        return list(calls)
+
+    run.output = tmp_path / "out" / "methods.json"
+    return run
+
+
+def test_rows_in_the_committed_json_are_not_trained_again_in_a_new_workdir(bench):
+    assert bench("--runs", "ciard", "hpt-gpd") == [("warm", "kd-warmstart"), ("train", "ciard"), ("eval", "ciard"),
+                                                  ("train", "hpt-gpd"), ("eval", "hpt-gpd")]
+    # another process / a later session: a fresh workdir, other rows; the stored ones are kept and merged
+    assert bench("--runs", "dual-kl", "ciard", workdir="w2") == [("warm", "kd-warmstart"), ("train", "dual-kl"),
+                                                                ("eval", "dual-kl")]
+    stored = json.loads(bench.output.read_text())
+    assert list(stored["runs"]) == ["ciard", "dual-kl", "hpt-gpd"]  # in the benchmark's row order
+    assert "| dual-kl | 50.0 | 25.0 |" in bench.output.with_suffix(".md").read_text()
+    # only the clip student: no warm start is trained
+    assert bench("--runs", "hpt-gpd", "hpt-gpd-same-arch", workdir="w3") == [("train", "hpt-gpd-same-arch"),
+                                                                            ("eval", "hpt-gpd-same-arch")]
+
+
+def test_other_evaluation_settings_evaluate_again_and_other_training_settings_are_refused(bench):
+    bench("--runs", "ciard")
+    assert bench("--runs", "ciard", "--n-eval", "300") == [("eval", "ciard")]  # same workdir: trained row reused
+    assert json.loads(bench.output.read_text())["runs"]["ciard"]["eval_settings"]["n_eval"] == 300
+    with pytest.raises(SystemExit, match="trained with other settings"):
+        bench("--runs", "ciard", "--epochs", "4", workdir="w9")
+    assert bench("--runs", "ciard", "--epochs", "4", "--fresh", workdir="w9")[1:] == [("train", "ciard"),
+                                                                                      ("eval", "ciard")]
