@@ -96,3 +96,22 @@ def test_vectors_match_a_float32_report_but_not_one_image_off(reproduce):
     assert reproduce.vectors_match_report(accuracy, report, n)
     report["robust_accuracy"]["pgd20"] = 264 / n
     assert not reproduce.vectors_match_report(accuracy, report, n)
+
+
+def test_the_ordering_claim_is_contradicted_by_a_reversal_its_adjacent_steps_hide(reproduce):
+    """DGHFA > AdaAD > RSLAD: each adjacent step within 2 SE, but DGHFA below RSLAD by more than 2 SE."""
+    n = 400
+
+    def row(correct: int) -> dict:
+        vector = "1" * correct + "0" * (n - correct)
+        vectors = {col: {"correct": vector, "images": "same", "n": n} for col in reproduce.COLUMNS}
+        return {"eval": {"vectors": vectors, "accuracy": {col: correct / n for col in reproduce.COLUMNS}}}
+
+    # nested correct sets: each adjacent step loses 3 of 400 images (-0.75 +- 0.43 points: 1.7 SE), the two
+    # together 6 (-1.5 +- 0.61 points: 2.4 SE)
+    results = {"settings": {"adv_teacher": "a", "proxy_teacher": "p"},
+               "seeds": {"0": {"rows": {"rslad": row(220), "adaad": row(217), "dghfa": row(214)}}}}
+    (claim, status, evidence), *_ = reproduce.claims(results)
+    assert claim.startswith("DGHFA > AdaAD > RSLAD")
+    assert "dghfa − adaad AutoAttack -0.8 ± 0.4" in evidence and "dghfa − rslad AutoAttack -1.5 ± 0.6" in evidence
+    assert status.startswith("not supported (contradicted")
