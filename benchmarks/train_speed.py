@@ -58,19 +58,26 @@ def timed(fn: Any, *args: Any) -> tuple[float, float]:
 
 
 def bare_loop(student: nn.Module, method: Method, teachers: Mapping[str, nn.Module], dataset: Any,
-              cfg: DistillConfig) -> None:
-    """Only what the method needs: its loss, backward and an SGD step per batch."""
+              cfg: DistillConfig) -> dict[str, float]:
+    """Only what the method needs: its loss, backward and an SGD step per batch. Returns the CPU seconds spent
+    in ``method.loss`` (attack and forwards) and in backward + step, summed over the batches."""
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=EpochSampler(len(dataset), 0),
                         generator=torch.Generator())
     method.setup(student, teachers)
     student.train()
+    split = {"loss": 0.0, "backward": 0.0}
     for step, batch in enumerate(loader):
+        started = time.process_time()
         out = method.loss(batch, student, teachers, TrainState(step=step, total_steps=len(loader)))
+        middle = time.process_time()
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        split["loss"] += middle - started
+        split["backward"] += time.process_time() - middle
+    return split
 
 
 def trainer_run(student: nn.Module, method: Method, teachers: Mapping[str, nn.Module], dataset: Any,
@@ -174,19 +181,31 @@ def dghfa_table(args: argparse.Namespace, steps: int | None = None) -> list[dict
     variants = {"rslad": ("rslad", {})}
     variants.update({f"dghfa:{k}": ("dghfa", {**ABLATIONS[k], "num_intermediate": min(6, steps)})
                      for k in DGHFA_STEPS})
+    # the same two with the student in channels-last memory format (train.channels_last)
+    variants.update({f"{label} channels_last": variants[label] for label in ("rslad", "dghfa:dghfa")})
     cfg = DistillConfig().with_overrides({"train.batch_size": args.batch_size, "threat.eps": 0.1,
                                           "attack.step_size": 0.025, "attack.steps": steps})
     times: dict[str, list[float]] = {k: [] for k in variants}
+    splits: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for repeat in range(args.repeats):
         for label, (name, method_args) in (variants.items() if repeat % 2 == 0 else reversed(variants.items())):
             method = create_method(name, method_args, threat=cfg.threat, attack=cfg.attack,
                                    num_classes=10, embed_dim=student0.embed_dim)
-            _, cpu_seconds = timed(bare_loop, copy.deepcopy(student0), method, {"teacher": teacher}, data, cfg)
-            times[label].append(cpu_seconds)
+            wall, cpu = time.perf_counter(), time.process_time()
+            student = copy.deepcopy(student0)
+            if label.endswith("channels_last"):
+                student.to(memory_format=torch.channels_last)
+            split = bare_loop(student, method, {"teacher": teacher}, data, cfg)
+            times[label].append(time.process_time() - cpu)
+            splits[label].append(split)
+            logging.debug("%s: %.1f s wall", label, time.perf_counter() - wall)
     optimiser_steps = -(-args.n_images // args.batch_size)
-    rslad = statistics.median(times["rslad"])
     rows = [{"variant": label, "seconds_per_step": statistics.median(t) / optimiser_steps,
-             "vs_rslad": statistics.median(t) / rslad, "seconds": t} for label, t in times.items()]
+             "vs_rslad": statistics.median(t) / statistics.median(
+                 times["rslad channels_last" if label.endswith("channels_last") else "rslad"]), "seconds": t,
+             "loss_seconds_per_step": statistics.median(x["loss"] for x in splits[label]) / optimiser_steps,
+             "backward_seconds_per_step": statistics.median(x["backward"] for x in splits[label]) / optimiser_steps}
+            for label, t in times.items()]
     logging.info("dghfa (%d-step PGD): %s", steps, ", ".join(f"{r['variant']} {r['seconds_per_step']:.2f} s/step "
                                         f"(x{r['vs_rslad']:.2f} RSLAD)" for r in rows))
     return rows
@@ -391,6 +410,17 @@ def reference_markdown(result: dict[str, Any]) -> str:
     ])
 
 
+def dghfa_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The DGHFA-vs-RSLAD table: seconds per step, the ratio, and (when measured) the loss / backward split."""
+    if "backward_seconds_per_step" not in rows[0]:
+        return ["| variant | s / step | x RSLAD |", "|---|---:|---:|",
+                *(f"| {r['variant']} | {r['seconds_per_step']:.3f} | {r['vs_rslad']:.2f} |" for r in rows)]
+    return ["| variant | s / step | x RSLAD | loss (attack + forwards) s | backward + step s |",
+            "|---|---:|---:|---:|---:|",
+            *(f"| {r['variant']} | {r['seconds_per_step']:.3f} | {r['vs_rslad']:.2f} | "
+              f"{r['loss_seconds_per_step']:.3f} | {r['backward_seconds_per_step']:.3f} |" for r in rows)]
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
@@ -435,17 +465,36 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"Bare loop (loss, backward, SGD step), batch {s['batch_size']}, {s['steps']}-step PGD, median of "
             f"{s['repeats']} interleaved repetitions. `dghfa:ad` is DGHFA with neither gradient alignment nor HPFA; "
             "`dghfa:ad+pag` adds L_PAG (the teacher's input-gradient and the student's double backward); "
-            "`dghfa:dghfa` is the full method (DWGA + HPFA over min(6, steps) PGD iterates).", "",
-            "| variant | s / step | x RSLAD |", "|---|---:|---:|",
+            "`dghfa:dghfa` is the full method (DWGA + HPFA over min(6, steps) PGD iterates). The `channels_last` "
+            "rows keep the student's weights in channels-last memory format (`train.channels_last=true`; same "
+            "math) and are compared with RSLAD in that format.", "",
         ]
-        lines += [f"| {r['variant']} | {r['seconds_per_step']:.3f} | {r['vs_rslad']:.2f} |" for r in dghfa]
+        lines += dghfa_rows(dghfa)
         double = by["dghfa:ad+pag"]["seconds_per_step"] / by["dghfa:ad"]["seconds_per_step"] - 1
         lines += ["", f"The double backward (L_PAG) adds {100 * double:.0f} % to a DGHFA step without it.", ""]
+        if "backward_seconds_per_step" in by["rslad"]:
+            full, rslad = by["dghfa:dghfa"], by["rslad"]
+            lines += [
+                f"Where the full method's extra {full['seconds_per_step'] - rslad['seconds_per_step']:.3f} s per step "
+                f"goes: {full['loss_seconds_per_step'] - rslad['loss_seconds_per_step']:.3f} s in the loss (the "
+                "teacher's input-gradient, the student's eval-mode forward for g_S, and one train-mode forward over "
+                f"all N_m iterates instead of one adversarial batch) and "
+                f"{full['backward_seconds_per_step'] - rslad['backward_seconds_per_step']:.3f} s in backward "
+                "(through those N_m x B iterates and the double backward of L_PAG). Both are what eqs. 1 and 5 "
+                "compute: every HPFA iterate's embedding carries gradient to the student, and g_S must be "
+                "differentiated; the iterates already share one batched forward. Not cut further without "
+                "changing the math.", ""]
+            if "dghfa:dghfa channels_last" in by:
+                cl = by["dghfa:dghfa channels_last"]
+                lines += [
+                    f"Channels-last memory format (`train.channels_last=true`) makes the full DGHFA step "
+                    f"{100 * (1 - cl['seconds_per_step'] / full['seconds_per_step']):.0f} % faster and RSLAD's "
+                    f"{100 * (1 - by['rslad channels_last']['seconds_per_step'] / rslad['seconds_per_step']):.0f} "
+                    f"% faster; DGHFA / RSLAD, both channels-last: x{cl['vs_rslad']:.2f}.", ""]
     for steps, rows in (result.get("dghfa_by_steps") or {}).items():
         lines += [f"The same at {steps}-step PGD (both methods; HPFA over min(6, {steps}) iterates), measured in the "
-                  "same run as the table above (`--only-dghfa-bench` re-measures both):", "",
-                  "| variant | s / step | x RSLAD |", "|---|---:|---:|"]
-        lines += [f"| {r['variant']} | {r['seconds_per_step']:.3f} | {r['vs_rslad']:.2f} |" for r in rows]
+                  "same run as the table above (`--only-dghfa-bench` re-measures both):", ""]
+        lines += dghfa_rows(rows)
         lines.append("")
     paper = result.get("paper_methods")
     if paper:

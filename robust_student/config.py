@@ -344,6 +344,9 @@ class TrainConfig(ConfigBase):
     replace a run already in ``output_dir`` (it is removed only once the new run has committed its first
     checkpoint); without it such a folder is refused unless the fit resumes. ``val_attack``: the named attack
     of the per-epoch validation (at the run's threat) on ``eval_examples`` validation images.
+    ``channels_last``: keep the student's 4-D weights in channels-last memory format (timm's
+    ``--channels-last``): the same math, faster convolutions (``benchmarks/results/train_speed_cpu.md``);
+    saved weights stay ordinary contiguous tensors.
     """
 
     epochs: int = 10
@@ -368,6 +371,7 @@ class TrainConfig(ConfigBase):
     val_attack: str = "pgd:10"
     checkpoint_every: int = 200
     cache_teacher_outputs: bool = False
+    channels_last: bool = False
     log_with: list[str] = field(default_factory=list)
 
     def validate(self) -> None:

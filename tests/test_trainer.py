@@ -208,3 +208,19 @@ def test_epoch_sampler_is_a_seeded_permutation_per_epoch():
 def test_trainer_names_a_missing_teacher_role(tiny_student):
     with pytest.raises(ValueError, match=r"teacher role\(s\) \['teacher'\]"):
         Trainer(DistillConfig(), tiny_student, {}, create_method("rslad"), train_set=[])
+
+
+def test_channels_last_trains_the_same_student_and_saves_plain_weights(tmp_path, tiny_teacher):
+    # kd: without an attack's sign steps, which turn rounding differences into other adversarial examples
+    plain = _fit(_config(tmp_path / "plain", method="kd", epochs=1), tiny_teacher)
+    fast = _fit(_config(tmp_path / "fast", method="kd", epochs=1, channels_last=True), tiny_teacher)
+    convs = [p for p in fast.student.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert any(not p.is_contiguous() for p in convs)  # 3x3 kernels: the layout really changed
+    for (name, a), b in zip(plain.student.state_dict().items(), fast.student.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)  # the same math, other kernels
+    from safetensors.torch import load_file
+
+    newest = sorted((Path(fast.output_dir) / "checkpoints").iterdir())[-1]
+    saved = {k: v for f in newest.rglob("*.safetensors") for k, v in load_file(str(f)).items()}
+    assert saved and all(v.is_contiguous() for v in saved.values())

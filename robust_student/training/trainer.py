@@ -220,6 +220,8 @@ class Trainer:
         out_dir = Path(cfg.output_dir)
         set_seed(cfg.seed, device_specific=True)  # attack noise etc.; the data order has its own seed
 
+        if cfg.channels_last:
+            self.student.to(memory_format=torch.channels_last)  # in place; a no-op for weights that are not 4-D
         parts = self.trainable_parts()
         trainable = {r: t for r, t in self.teachers.items() if r in parts}
         frozen = {r: _freeze(t).to(acc.device) for r, t in self.teachers.items() if r not in parts}
