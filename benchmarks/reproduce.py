@@ -35,10 +35,10 @@ evaluation from the attacks already finished. Other settings are refused (``--fr
 Two seeds may run at the same time (one process each): results are merged under a file lock.
 Outputs: ``reproduce.{json,md,png}`` next to each other (``--output``).
 
-Time (one thread, estimated from ``results/train_speed_cpu.md`` and the zoo's evaluation, not measured end to end):
-a ``resnet_tiny`` row trains in about 3-10 min (DGHFA the longest) and is evaluated in about 15 min at n = 500,
-mostly AutoAttack; the ViT-tower rows (``fare``, and ``hpt-gpd`` if its student is robust) spend an hour or more
-in AutoAttack at n = 500. Seed 0 takes several hours; seed 1 (n = 200) about half of that.
+Time (one thread, measured: the table's "Time and machine" section): a ``resnet_tiny`` row trains in about 1-8 min
+(DGHFA the longest) and costs about 35-45 CPU min of evaluation at n = 500 and 8-20 at n = 200, mostly AutoAttack
+(the more robust the row, the more images reach its later attacks); the teacher rows take a few minutes. Seed 0
+takes about 8 CPU hours for all rows, seed 1 about 4.
 """
 
 from __future__ import annotations
