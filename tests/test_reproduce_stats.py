@@ -115,3 +115,30 @@ def test_the_ordering_claim_is_contradicted_by_a_reversal_its_adjacent_steps_hid
     assert claim.startswith("DGHFA > AdaAD > RSLAD")
     assert "dghfa − adaad AutoAttack -0.8 ± 0.4" in evidence and "dghfa − rslad AutoAttack -1.5 ± 0.6" in evidence
     assert status.startswith("not supported (contradicted")
+
+
+def _rows(reproduce, n: int, **correct: dict[str, int]) -> dict:
+    """Stored rows with the first ``k`` of ``n`` images correct, per column (nested sets: paired by hand)."""
+    rows = {}
+    for label, per_column in correct.items():
+        vectors = {col: {"correct": "1" * per_column.get(col, 0) + "0" * (n - per_column.get(col, 0)),
+                         "images": "same", "n": n} for col in reproduce.COLUMNS}
+        rows[label] = {"eval": {"vectors": vectors,
+                                "accuracy": {c: v["correct"].count("1") / n for c, v in vectors.items()}}}
+    return {"settings": {"adv_teacher": "a", "proxy_teacher": "p"}, "seeds": {"0": {"rows": rows}}}
+
+
+def test_a_clean_gain_claim_fails_when_autoattack_is_lost_whatever_the_clean_verdict(reproduce):
+    # clean +3 of 400 (inconclusive), AutoAttack -40 of 400 (far below -2 SE)
+    results = _rows(reproduce, 400, rslad={"clean": 300, "autoattack": 200}, ciard={"clean": 303, "autoattack": 160})
+    status = {c: s for c, s, _ in reproduce.claims(results)}
+    ciard = next(v for k, v in status.items() if k.startswith("CIARD"))
+    assert ciard == "not supported (AutoAttack accuracy lost beyond 2 SE)"
+
+
+def test_a_robustness_gain_that_costs_the_clean_accuracy_says_so(reproduce):
+    results = _rows(reproduce, 400, teacher={"clean": 360, "autoattack": 0}, hpt_gpd={"clean": 80, "autoattack": 32})
+    results["seeds"]["0"]["rows"]["hpt-gpd"] = results["seeds"]["0"]["rows"].pop("hpt_gpd")
+    claim, status, evidence = next(c for c in reproduce.claims(results) if c[0].startswith("HPT-GPD"))
+    assert status == "supported for AutoAttack, but the tower loses clean accuracy beyond 2 SE"
+    assert "hpt-gpd − teacher AutoAttack +8.0" in evidence and "clean -70.0" in evidence
