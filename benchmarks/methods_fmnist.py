@@ -317,13 +317,11 @@ def main() -> None:
     # with these training and evaluation settings is not trained or evaluated again.
     with locked(results_lock(output)):
         stored = read_results(output.with_suffix(".json"))
-    if stored.get("train_settings", settings) != settings:
-        if not args.fresh:
-            raise SystemExit(f"{output.with_suffix('.json')} holds rows trained with other settings "
-                             f"({differing(stored['train_settings'], settings)}): pass --fresh (it discards them) "
-                             "or another --output")
-        update_stored(output, args, settings, lambda runs: runs.clear())
-    elif args.fresh:
+    if stored.get("train_settings", settings) != settings and not args.fresh:
+        raise SystemExit(f"{output.with_suffix('.json')} holds rows trained with other settings "
+                         f"({differing(stored['train_settings'], settings)}): pass --fresh (it discards them) "
+                         "or another --output")
+    if args.fresh:
         update_stored(output, args, settings, lambda runs: runs.clear())
     stored_runs = {} if args.fresh else stored.get("runs", {})
 

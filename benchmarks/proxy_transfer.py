@@ -20,6 +20,7 @@ import torch
 from robust_student import build_dataset, create_teacher
 from robust_student.attacks import LinfBall, get_attack
 from robust_student.attacks.named import predict_labels
+from robust_student.evaluation import collect_examples
 from robust_student.formatting import format_eps
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,24 +37,23 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     test = build_dataset("fashion-mnist", "test")
-    index = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[:args.n].tolist()
-    x = torch.stack([test[i]["image"] for i in index])
-    y = torch.tensor([test[i]["label"] for i in index])
+    x, y, how = collect_examples(test, args.n, args.seed)  # the evaluation's seeded subset (reproduce.py's images)
     models = {}
     for name in (SOURCE, *OTHERS):
         models[name] = create_teacher(name)
         models[name].set_classes(test.prompts.classnames, test.prompts.templates)
         models[name].eval()
+    clean = {name: (predict_labels(model, x) == y).float().mean().item() for name, model in models.items()}
     rows = []
     for eps in args.eps:
         x_adv = get_attack(f"pgd:{args.steps}")(models[SOURCE], x, y, LinfBall(eps), seed=0)
-        for name, model in models.items():
-            rows.append({"eps": eps, "model": name, "clean": (predict_labels(model, x) == y).float().mean().item(),
-                         "on_x_adv": (predict_labels(model, x_adv) == y).float().mean().item()})
-    result = {"settings": vars(args), "machine": f"{platform.machine()}, CPU, 1 thread", "rows": rows}
+        rows += [{"eps": eps, "model": name, "clean": clean[name],
+                  "on_x_adv": (predict_labels(model, x_adv) == y).float().mean().item()}
+                 for name, model in models.items()]
+    result = {"settings": vars(args), "images": how, "machine": f"{platform.machine()}, CPU, 1 thread", "rows": rows}
     lines = ["# Do PGD examples against fmnist-clip's tower fool the other zoo models? (`benchmarks/proxy_transfer.py`)",
              "", f"PGD-{args.steps} (L-inf, the library's step rule) crafted against `{SOURCE}` (HPT-GPD's student at its "
-             f"start) on {args.n} test images (seeded subset, seed {args.seed}); accuracy (%) of each model on x "
+             f"start) on {args.n} test images ({how}); accuracy (%) of each model on x "
              "and on those x'. `fmnist-clip-cnn` is HPT-GPD's proxy: its accuracy on x' is how often the target "
              "HPT-GPD trains towards is right.", "", "| eps | model | clean | on x' |", "|---|---|---:|---:|"]
     lines += [f"| {format_eps(r['eps'])} | `{r['model']}` | {100 * r['clean']:.1f} | {100 * r['on_x_adv']:.1f} |"
