@@ -57,6 +57,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attack_speed import machine_description  # noqa: E402  (the one machine description of the benchmarks)
 
+from robust_student.cpu_allocator import keep_freed_memory  # noqa: E402
 import robust_student  # noqa: E402
 from robust_student import DataConfig, RobustDistiller, build_dataset, create_method, create_student  # noqa: E402
 from robust_student import create_teacher, list_methods  # noqa: E402
@@ -732,6 +733,7 @@ def run_part(part: str, s: Sizes, work: Path, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # this process is the benchmark's: see robust_student.cpu_allocator
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=[*PARTS, "summary", "all"], default="all")
     parser.add_argument("--cpu-smoke", action="store_true",

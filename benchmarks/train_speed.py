@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from robust_student.cpu_allocator import keep_freed_memory
 from robust_student import __version__, build_dataset, create_method, create_student, create_teacher
 from robust_student.config import DistillConfig
 from robust_student.methods import Method, TrainState
@@ -419,6 +420,33 @@ def dghfa_rows(rows: list[dict[str, Any]]) -> list[str]:
               f"{r['loss_seconds_per_step']:.3f} | {r['backward_seconds_per_step']:.3f} |" for r in rows)]
 
 
+def step_passes(steps: int, num_intermediate: int) -> tuple[int, int]:
+    """Passes of the student over a batch in one RSLAD step and one DGHFA step (a lower bound of their cost).
+
+    A forward, an input-gradient backward and a weight-gradient backward over B images count one pass each.
+    RSLAD: ``2K`` for K attack steps (forward + input-backward), the forwards of x and x' (2) and their
+    two-part backward (4): ``2K + 6``. DGHFA: the same attack, the forwards of x and of the N_m iterates with
+    their backward (``3 (N_m + 1)``), g_S's eval-mode forward and input-backward (2) and the double backward of
+    L_PAG through both (about 4): ``2K + 3 (N_m + 1) + 6``.
+    """
+    return 2 * steps + 6, 2 * steps + 3 * (num_intermediate + 1) + 6
+
+
+def pass_count_text(steps: int, num_intermediate: int, measured: float) -> str:
+    rslad, dghfa = step_passes(steps, num_intermediate)
+    return (f"What the math needs at {steps}-step PGD and N_m = {num_intermediate}, counted in passes of the student "
+            f"over a batch (a forward, an input-gradient backward or a weight-gradient backward is one pass; "
+            f"`step_passes`, an estimate): RSLAD {rslad}, DGHFA {dghfa}, a ratio of about x{dghfa / rslad:.2f}; measured "
+            f"x{measured:.2f}.")
+
+
+def allocator_text(result: dict[str, Any], table: str) -> str:
+    kept = (result.get("allocator") or {}).get(table)
+    return {True: "`keep_freed_memory()` (robust_student.cpu_allocator, what the benchmarks and the CLI use)",
+            False: "glibc's defaults (`ROBUST_STUDENT_MALLOC=system`)",
+            None: "glibc's defaults (measured before `keep_freed_memory()` existed)"}[kept]
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
@@ -430,6 +458,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     ]
     if result.get("overhead"):
         lines += ["## Trainer overhead over the bare loop each method needs", "",
+                  f"Allocator: {allocator_text(result, 'overhead')}.", "",
                   "| method | bare loop (img/s) | Trainer.fit (img/s) | bare CPU s | Trainer CPU s | overhead (CPU time) |",
                   "|---|---:|---:|---:|---:|---:|"]
         for row in result["overhead"]:
@@ -444,6 +473,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     if cache:
         lines += [
             "## Caching the teacher's clean outputs", "",
+            f"Allocator: {allocator_text(result, 'caching')}.", "",
             f"Teacher `{cache['teacher']}` ({cache['teacher_parameters'] / 1e6:.1f} M parameters, "
             f"{cache['teacher_input']} px input), student {cache['student_parameters'] / 1e6:.2f} M parameters; "
             f"filling the cache (one teacher pass over {cache['rows'][0]['images']} images) takes "
@@ -465,7 +495,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             "`dghfa:ad+pag` adds L_PAG (the teacher's input-gradient and the student's double backward); "
             "`dghfa:dghfa` is the full method (DWGA + HPFA over min(6, steps) PGD iterates). The `channels_last` "
             "rows keep the student's weights in channels-last memory format (`train.channels_last=true`; same "
-            "math) and are compared with RSLAD in that format.", "",
+            "math) and are compared with RSLAD in that format. "
+            f"Allocator: {allocator_text(result, 'dghfa')}.", "",
         ]
         lines += dghfa_rows(dghfa)
         double = by["dghfa:ad+pag"]["seconds_per_step"] / by["dghfa:ad"]["seconds_per_step"] - 1
@@ -480,8 +511,8 @@ def to_markdown(result: dict[str, Any]) -> str:
                 f"{full['backward_seconds_per_step'] - rslad['backward_seconds_per_step']:.3f} s in backward "
                 "(through those N_m x B iterates and the double backward of L_PAG). Both are what eqs. 1 and 5 "
                 "compute: every HPFA iterate's embedding carries gradient to the student, and g_S must be "
-                "differentiated; the iterates already share one batched forward. Not cut further without "
-                "changing the math.", ""]
+                "differentiated; the iterates already share one batched forward.", "",
+                pass_count_text(s["steps"], min(6, s["steps"]), full["vs_rslad"]), ""]
             if "dghfa:dghfa channels_last" in by:
                 cl = by["dghfa:dghfa channels_last"]
                 lines += [
@@ -493,7 +524,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += [f"The same at {steps}-step PGD (both methods; HPFA over min(6, {steps}) iterates), measured in the "
                   "same run as the table above (`--only-dghfa-bench` re-measures both):", ""]
         lines += dghfa_rows(rows)
-        lines.append("")
+        full = next(r for r in rows if r["variant"] == "dghfa:dghfa")
+        lines += ["", pass_count_text(int(steps), min(6, int(steps)), full["vs_rslad"]), ""]
     paper = result.get("paper_methods")
     if paper:
         lines += [
@@ -504,7 +536,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             "copy of the student; FARE and TeCoA distil into the compact student here (`init_from_teacher=False`: "
             "their real use fine-tunes the teacher's own tower, a different student). Measured in its own run "
             "(`python benchmarks/train_speed.py --only-paper-bench`), so compare its ratios, not its seconds, with "
-            "the tables above.", "",
+            f"the tables above. Allocator: {allocator_text(result, 'paper_methods')}.", "",
             "| method | s / step | x RSLAD |", "|---|---:|---:|",
         ]
         lines += [f"| {r['method']} | {r['seconds_per_step']:.3f} | {r['vs_rslad']:.2f} |" for r in paper]
@@ -513,6 +545,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    kept_freed_memory = keep_freed_memory()  # this process is the benchmark's: see robust_student.cpu_allocator
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--teacher", default="fmnist-clip")
@@ -587,6 +620,9 @@ def main() -> None:
                 if old.get("settings") != result["settings"]:
                     raise SystemExit(f"{previous} was measured with other settings; run the full benchmark")
                 result = {**old, **{k: result[k] for k in ("machine", "torch", "robust_student")}}
+        measured = (["dghfa"] if args.only_dghfa_bench else ["paper_methods"] if args.only_paper_bench else
+                    ["overhead", "caching", "dghfa", "paper_methods"])
+        result["allocator"] = {**result.get("allocator", {}), **{table: kept_freed_memory for table in measured}}
         if args.only_dghfa_bench:
             result["dghfa"] = dghfa_table(args)
         elif not args.only_paper_bench:
