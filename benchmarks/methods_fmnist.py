@@ -83,6 +83,15 @@ def make_runs(adv: str, clean: str, proxy: str) -> dict[str, dict[str, Any]]:
                                 student="warm7", classes=SEEN, what="MMT-ARD, 7 classes"),
         "heldout-hpt-gpd": dict(group="heldout", method="hpt-gpd", teachers={"target": clean, "proxy": proxy},
                                 student="clip", classes=SEEN, what="HPT-GPD, 7 classes"),
+        # untrained references for the held-out rows: where each starts, and the teachers themselves
+        "heldout-warm7": dict(group="heldout", method="none", teachers={"teacher": clean}, student="warm7",
+                              classes=SEEN, reference=True,
+                              what="the clean-distilled 7-class warm start of the resnet_tiny rows, untrained here"),
+        "heldout-teacher": dict(group="heldout", method="none", teachers={"teacher": clean}, student="clip",
+                                classes=SEEN, reference=True,
+                                what=f"`{clean}` zero-shot (its own tower: HPT-GPD's start), untrained"),
+        "heldout-teacher-adv": dict(group="heldout", method="none", teachers={"teacher": adv}, student="clip",
+                                    classes=SEEN, reference=True, what=f"`{adv}` zero-shot (the adv teacher), untrained"),
     }
 
 
@@ -123,10 +132,32 @@ def warm_start(label: str, classes: list[str] | None, args: argparse.Namespace, 
             "train_seconds": time.perf_counter() - started, "steps": distiller.result.steps}
 
 
+def reference_run(label: str, workdir: Path) -> dict[str, Any]:
+    """An untrained row: the warm start it names, or a teacher's own tower (the ``clip`` student, which is the
+    teacher zero-shot), saved as the row's student so it is evaluated like every other row."""
+    from robust_student import build_dataset, create_student, create_teacher, save_student
+
+    spec = RUNS[label]
+    target = workdir / label / "student"
+    if spec["student"] == "clip":
+        data = build_dataset(DataConfig(name="fashion-mnist", classes=spec.get("classes")), "train")
+        teacher = create_teacher(spec["teachers"]["teacher"])
+        teacher.set_classes(data.prompts.classnames, data.prompts.templates)
+        student = create_student("clip", teacher, image_size=int(data[0]["image"].shape[-1]))
+        student.labels = data.labels
+        save_student(student, target)
+    else:
+        shutil.copytree(workdir / WARM[spec["student"]][0] / "student", target, dirs_exist_ok=True)
+    return {"label": label, "method": "none", "teachers": spec["teachers"], "method_args": {}, "config": {},
+            "history": [], "train_seconds": 0.0, "steps": 0, "finite": True, "last_terms": {}}
+
+
 def train_run(label: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from robust_student.students.io import load_student
 
     spec = RUNS[label]
+    if spec.get("reference"):
+        return reference_run(label, workdir)
     kind = spec.get("student", "warm")
     out_dir = workdir / label
     student = "clip" if kind == "clip" else load_student(workdir / WARM[kind][0] / "student")
@@ -192,6 +223,10 @@ def epochs_to(history: list[dict[str, Any]], target: float) -> int | None:
     return None
 
 
+def train_time(run: dict[str, Any]) -> str:
+    return "untrained" if run.get("method") == "none" else f"{run['train_seconds'] / 60:.1f} min"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -234,7 +269,7 @@ def to_markdown(result: dict[str, Any]) -> str:
                            if aa else "-")
                 checks = "FAILED: " + ", ".join(main["failed_checks"]) if main["failed_checks"] else "pass"
                 lines.append(f"| {label} | {_pct(main['clean'])} | {_pct(main['robust']['pgd20'])} | {aa_text} | "
-                             f"{checks} | {runs[label]['train_seconds'] / 60:.1f} min |")
+                             f"{checks} | {train_time(runs[label])} |")
             lines.append("")
         if group == "mmt" and "rslad-adv" in runs and runs["rslad-adv"].get("history"):
             target = runs["rslad-adv"]["history"][-1]["val_robust_acc"]
