@@ -180,7 +180,7 @@ def train_run(label: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
 def _summary(report: Any) -> dict[str, Any]:
     return {"n": report.n_examples, "clean": report.clean_accuracy, "robust": report.robust_accuracy,
             "failed_checks": [c["name"] for c in report.failed_checks], "selection": report.selection,
-            "settings": report.attack_settings}
+            "settings": report.attack_settings, "per_class": report.per_class}
 
 
 def evaluate_run(label: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -223,6 +223,14 @@ def epochs_to(history: list[dict[str, Any]], target: float) -> int | None:
     return None
 
 
+def per_class_text(summary: dict[str, Any]) -> str:
+    """``Pullover 97 / 95, ...``: clean and PGD-20 accuracy per class (rows evaluated before it was kept: "-")."""
+    classes = summary.get("per_class")
+    if not classes:
+        return "- (not recorded)"
+    return ", ".join(f"{name} {_pct(row['clean'])} / {_pct(row.get('pgd20'))}" for name, row in classes.items())
+
+
 def train_time(run: dict[str, Any]) -> str:
     return "untrained" if run.get("method") == "none" else f"{run['train_seconds'] / 60:.1f} min"
 
@@ -258,8 +266,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         keys = sorted({k for label in labels for k in runs[label].get("eval", {})},
                       key=lambda k: (not k.startswith(("all", "seen")), k))
         for key in keys:
-            lines += [f"### {key}", "", "| run | clean | PGD-20 | AutoAttack (PGD-20) | checks | train time |",
-                      "|---|---:|---:|---:|---|---:|"]
+            per_class = key.startswith("held-out")  # a 3-class zero-shot score needs its classes beside it
+            lines += [f"### {key}", "", "| run | clean | PGD-20 | AutoAttack (PGD-20) | checks | train time |"
+                      + (" clean / PGD-20 per class |" if per_class else ""),
+                      "|---|---:|---:|---:|---|---:|" + ("---|" if per_class else "")]
             for label in labels:
                 entry = runs[label].get("eval", {}).get(key)
                 if entry is None:
@@ -269,7 +279,8 @@ def to_markdown(result: dict[str, Any]) -> str:
                            if aa else "-")
                 checks = "FAILED: " + ", ".join(main["failed_checks"]) if main["failed_checks"] else "pass"
                 lines.append(f"| {label} | {_pct(main['clean'])} | {_pct(main['robust']['pgd20'])} | {aa_text} | "
-                             f"{checks} | {train_time(runs[label])} |")
+                             f"{checks} | {train_time(runs[label])} |"
+                             + (f" {per_class_text(main)} |" if per_class else ""))
             lines.append("")
         if group == "mmt" and "rslad-adv" in runs and runs["rslad-adv"].get("history"):
             target = runs["rslad-adv"]["history"][-1]["val_robust_acc"]
@@ -316,6 +327,9 @@ def main() -> None:
     parser.add_argument("--notes", default="", help="text for the Notes section of the markdown")
     parser.add_argument("--fresh", action="store_true", help="ignore finished rows in --workdir")
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="evaluate the --runs rows again even when stored with these settings (their training "
+                             "is kept), e.g. after the stored summary gained a field")
     parser.add_argument("--adv-teacher", default=ADV)
     parser.add_argument("--proxy-teacher", default=PROXY)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
@@ -341,7 +355,7 @@ def main() -> None:
     # with other evaluation settings is evaluated again, e.g. AutoAttack on more images later).
     settings_file = workdir / "settings.json"
     settings = {k: v for k, v in vars(args).items() if k not in EVAL_KEYS + ("runs", "notes", "output", "fresh",
-                                                                            "skip_eval", "threads", "log_every",
+                                                                            "skip_eval", "reevaluate", "threads", "log_every",
                                                                             "workdir")}
     if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
         raise SystemExit(f"{workdir} holds rows trained with other settings ({settings_file}): pass --fresh or "
@@ -364,8 +378,15 @@ def main() -> None:
 
     def finished(label: str) -> dict[str, Any] | None:
         run = stored_runs.get(label)
+        if args.reevaluate:
+            return None
         return run if run and (args.skip_eval or run.get("eval_settings") == eval_settings) else None
 
+    if args.reevaluate:  # only rows whose trained student is still in the workdir (it does not outlive a session)
+        missing = [label for label in args.runs if not (workdir / label / "result.json").is_file()]
+        if missing:
+            raise SystemExit(f"--reevaluate needs each row's trained student in {workdir}; missing: "
+                             f"{', '.join(missing)} (train them first, without --reevaluate)")
     needs_training = [label for label in args.runs if finished(label) is None
                       and not (workdir / label / "result.json").is_file()]
     kinds = dict.fromkeys(RUNS[label].get("student", "warm") for label in needs_training)
@@ -389,7 +410,7 @@ def main() -> None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(json.dumps(run, indent=2))
             logging.info("%s trained in %.1f min (finite: %s)", label, run["train_seconds"] / 60, run["finite"])
-            if not args.skip_eval and run.get("eval_settings") != eval_settings:
+            if not args.skip_eval and (args.reevaluate or run.get("eval_settings") != eval_settings):
                 started = time.perf_counter()
                 run["eval"] = evaluate_run(label, args, workdir)
                 run["eval_settings"] = eval_settings

@@ -72,3 +72,31 @@ def test_other_evaluation_settings_evaluate_again_and_other_training_settings_ar
         bench("--runs", "ciard", "--epochs", "4", workdir="w9")
     assert bench("--runs", "ciard", "--epochs", "4", "--fresh", workdir="w9")[1:] == [("train", "ciard"),
                                                                                       ("eval", "ciard")]
+
+
+def test_reevaluate_evaluates_stored_rows_again_and_refuses_rows_without_their_student(bench):
+    bench("--runs", "heldout-rslad-adv")
+    assert bench("--runs", "heldout-rslad-adv", "--reevaluate") == [("eval", "heldout-rslad-adv")]
+    with pytest.raises(SystemExit, match="--reevaluate needs each row's trained student"):
+        bench("--runs", "heldout-rslad-adv", "--reevaluate", workdir="w2")  # stored, but its student is not here
+
+
+def test_teacher_reference_row_is_the_teacher_zero_shot(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("methods_fmnist_reference", BENCHMARKS / "methods_fmnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from robust_student import build_dataset, create_teacher, load_student
+    from robust_student.config import DataConfig
+
+    run = module.reference_run("heldout-teacher", tmp_path)
+    assert run["method"] == "none" and run["train_seconds"] == 0.0
+    student = load_student(tmp_path / "heldout-teacher" / "student").eval()
+    data = build_dataset(DataConfig(name="fashion-mnist", classes=module.SEEN), "test")
+    teacher = create_teacher(module.CLEAN)
+    teacher.set_classes(data.prompts.classnames, data.prompts.templates)
+    x = torch.stack([data[i]["image"] for i in range(8)])
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), teacher(x).float(), rtol=1e-4, atol=1e-3)
