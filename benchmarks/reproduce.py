@@ -131,6 +131,13 @@ FREE_KEYS = ("runs", "threads", "workdir", "output", "fresh", "log_every", "note
 
 # -- statistics ------------------------------------------------------------------------------------------------
 
+def same_warm_start(stored: dict[str, Any], trained: dict[str, Any]) -> bool:
+    """Whether a warm start trained again (a new session's workdir) is the one a seed's stored rows started from:
+    the same number of steps and the same final training loss, to the last bit of its JSON float."""
+    return (stored.get("steps") == trained.get("steps")
+            and (stored.get("last_terms") or {}).get("loss") == (trained.get("last_terms") or {}).get("loss"))
+
+
 def paired_difference(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | int | None]:
     """Paired difference of two per-image correctness vectors over the same images.
 
@@ -641,8 +648,8 @@ def to_markdown(results: dict[str, Any]) -> str:
               "training-seed variation but rests on S − 1 degrees of freedom. With one seed only (a) is available, "
               "so a single-seed verdict ignores training-seed variation.", "",
               "## Time and machine", "",
-              "| seed | row | train wall | eval wall | CPU (train + eval) | load average (start) | threads |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "| seed | row | train wall | eval wall | CPU (train + eval) | load average (start) | threads | allocator |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
     total_cpu = 0.0
     for k, e in seeds:
         items = ([(WARM, {"train": e["warm_start"]})] if e.get("warm_start") else []) + list(e["rows"].items())
@@ -654,10 +661,13 @@ def to_markdown(results: dict[str, Any]) -> str:
             ev_resumed = " (resumed)" if ev.get("reused_from_earlier_session") else ""
             lines.append(f"| {k} | {label} | {_duration(train.get('wall_seconds'))}{resumed} | "
                          f"{_duration(ev.get('wall_seconds'))}{ev_resumed} | {_duration(cpu)} | "
-                         f"{row.get('load_average', '-')} | {row.get('threads', e.get('threads', '-'))} |")
+                         f"{row.get('load_average', '-')} | {row.get('threads', e.get('threads', '-'))} | "
+                         f"{row.get('allocator', 'glibc defaults')} |")
     lines += ["", f"Total CPU time of the finished rows: {total_cpu / 3600:.2f} h (process CPU time, all threads; "
               "wall time well above CPU time means a shared machine). Wall and CPU times are those of the session "
-              "that finished the training or evaluation ('resumed': earlier sessions' time is not included).", ""]
+              "that finished the training or evaluation ('resumed': earlier sessions' time is not included). Allocator: "
+              "`kept` rows ran with `robust_student.cpu_allocator.keep_freed_memory()` (about twice as fast on CPU, "
+              "the same numbers: `benchmarks/cpu_allocator.py`), the others with glibc's defaults.", ""]
     for k, e in seeds:
         m = e.get("machine", {})
         lines.append(f"- seed {k}: {m.get('cpu', '?')}, {m.get('logical_cpus', '?')} logical CPUs, "
@@ -766,7 +776,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    keep_freed_memory()  # this process is the benchmark's: see robust_student.cpu_allocator
+    kept_freed_memory = keep_freed_memory()  # this process is the benchmark's: see robust_student.cpu_allocator
     args = resolve_defaults(build_parser().parse_args(argv))
     ROWS.update(make_rows(args.adv_teacher, CLEAN, args.proxy_teacher))
     quick_dir = Path(tempfile.gettempdir()) / "reproduce_quick"
@@ -837,11 +847,22 @@ def main(argv: Sequence[str] | None = None) -> None:
             if ROWS[label].get("kind") != "teacher":
                 if ROWS[label].get("student") != "clip" and not (workdir / WARM / "train.json").is_file():
                     warm = fit_row(WARM, args, workdir)
+                    stored_warm = results["seeds"][str(args.seed)].get("warm_start")
+                    from_warm = [r for r in done if r in ROWS and ROWS[r].get("kind") != "teacher"
+                                 and ROWS[r].get("student") != "clip"]  # the stored rows that started from it
+                    if from_warm and stored_warm and not same_warm_start(stored_warm, warm):
+                        raise SystemExit(
+                            f"seed {args.seed}'s warm start, trained again here, differs from the one its stored rows "
+                            f"started from (final loss {warm['last_terms'].get('loss')!r} vs "
+                            f"{stored_warm['last_terms'].get('loss')!r}; another CPU or library version changes float "
+                            "order): new rows would not share their starting student. Run this seed where its rows "
+                            f"were made, or start it over with --fresh ({workdir / WARM} is kept for inspection)")
                     update_results(output, args, lambda r, e, warm=warm: e.__setitem__("warm_start", warm))
                 train = fit_row(label, args, workdir)
             logging.info("evaluating %s", label)
             ev = evaluate_row(row_model(label, workdir, test), test, args, workdir / label / "eval")
             row = {"train": train, "eval": ev, "load_average": load, "threads": args.threads,
+                   "allocator": "kept" if kept_freed_memory else "glibc defaults",
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             results = update_results(output, args, lambda r, e, row=row, label=label: e["rows"].__setitem__(label, row))
             acc = ev["accuracy"]

@@ -142,3 +142,10 @@ def test_a_robustness_gain_that_costs_the_clean_accuracy_says_so(reproduce):
     claim, status, evidence = next(c for c in reproduce.claims(results) if c[0].startswith("HPT-GPD"))
     assert status == "supported for AutoAttack, but the tower loses clean accuracy beyond 2 SE"
     assert "hpt-gpd − teacher AutoAttack +8.0" in evidence and "clean -70.0" in evidence
+
+
+def test_a_retrained_warm_start_must_match_the_stored_one(reproduce):
+    stored = {"steps": 314, "last_terms": {"loss": 0.11660168319940567}}
+    assert reproduce.same_warm_start(stored, {"steps": 314, "last_terms": {"loss": 0.11660168319940567}})
+    assert not reproduce.same_warm_start(stored, {"steps": 314, "last_terms": {"loss": 0.11660168319940568}})
+    assert not reproduce.same_warm_start(stored, {"steps": 313, "last_terms": {"loss": 0.11660168319940567}})
