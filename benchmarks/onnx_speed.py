@@ -134,7 +134,9 @@ def to_markdown(result: dict[str, object]) -> str:
     lines += [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; {m['platform']}; Python {m['python']}; torch "
               f"{m['torch']}; onnxruntime {result['onnxruntime']}; robust_student {m['robust_student']}; 1-min load "
               f"average at start {m.get('load_average_1min_at_start')} (a shared machine: absolute numbers are "
-              "noisy, the interleaved ratios less so).", "",
+              "noisy, the interleaved ratios less so). Allocator: "
+              + {"kept": "`keep_freed_memory()` (robust_student.cpu_allocator; torch eager gains from it, "
+                         "onnxruntime has its own arena)"}.get(result.get("allocator"), "glibc's defaults") + ".", "",
               f"Reproduce: `python benchmarks/onnx_speed.py {result['settings'].get('arguments', '')}`.", ""]
     return "\n".join(lines)
 
@@ -146,7 +148,7 @@ def render(json_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()  # this process is the benchmark's: see robust_student.cpu_allocator
+    kept_freed_memory = keep_freed_memory()  # this process is the benchmark's: see robust_student.cpu_allocator
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads (default 1)")
     parser.add_argument("--latency-runs", type=int, default=20, help="batch-1 calls per repetition")
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     torch.set_num_threads(args.threads)
-    result: dict[str, object] = {"machine": machine_description(torch.device("cpu")), "onnxruntime":
+    result: dict[str, object] = {"machine": machine_description(torch.device("cpu")),
+                                 "allocator": "kept" if kept_freed_memory else "glibc defaults", "onnxruntime":
                                  onnxruntime.__version__, "settings": {"threads": args.threads,
                                                                        "latency_runs": args.latency_runs,
                                                                        "repeats": args.repeats,
