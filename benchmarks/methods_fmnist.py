@@ -44,7 +44,8 @@ from robust_student import RobustDistiller, ThreatConfig, __version__
 from robust_student.config import DataConfig
 from robust_student.formatting import format_eps
 
-from reproduce import differing, locked, read_results, results_lock, write_json  # benchmarks/ is on sys.path
+from reproduce import (_train_log, cpu_capability, differing, locked, read_results, results_lock,  # benchmarks/
+                       same_warm_start, write_json)  # is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ADV, CLEAN, PROXY = "fmnist-clip-fare", "fmnist-clip", "fmnist-clip-cnn"
@@ -129,7 +130,44 @@ def warm_start(label: str, classes: list[str] | None, args: argparse.Namespace, 
     started = time.perf_counter()
     distiller.fit(resume=True)
     return {"label": label, "method": "kd", "config": distiller.config.to_dict(), "history": [],
-            "train_seconds": time.perf_counter() - started, "steps": distiller.result.steps}
+            "train_seconds": time.perf_counter() - started, "steps": distiller.result.steps,
+            "cpu_capability": cpu_capability()}
+
+
+def warm_record(kind: str, workdir: Path) -> dict[str, Any]:
+    """What identifies the warm start of kind ``kind`` in ``workdir``: its steps, final training loss and the torch
+    CPU kernels it ran on. Rows record it, so rows trained later (another session, another machine) can be checked
+    to start from the same student."""
+    label = WARM[kind][0]
+    cached = json.loads((workdir / label / "result.json").read_text())
+    return {"label": label, "steps": cached.get("steps"), "last_terms": _train_log(workdir / label)[1],
+            "cpu_capability": cached.get("cpu_capability", cpu_capability())}
+
+
+def check_warm_starts(labels: list[str], stored_runs: dict[str, Any], workdir: Path) -> None:
+    """Refuse to train or evaluate ``labels`` from a warm start other than the one the stored rows of the same
+    kind started from (pairing rows across warm starts would mix two training replicates), and refuse when a
+    stored row did not record its warm start (then nobody can tell)."""
+    for kind in dict.fromkeys(RUNS[label].get("student", "warm") for label in labels):
+        if kind not in WARM:
+            continue
+        here = warm_record(kind, workdir)
+        others = {name: run.get("warm_start") for name, run in stored_runs.items()
+                  if name not in labels and RUNS.get(name, {}).get("student", "warm") == kind}
+        unknown = sorted(name for name, record in others.items() if not record)
+        if unknown:
+            raise SystemExit(
+                f"stored rows {', '.join(unknown)} did not record the warm start ({here['label']}) they started from, "
+                "so new rows cannot be shown to share it: train them again here with --retrain "
+                f"{' '.join(unknown)} (their stored results are replaced) or pass --fresh")
+        differ = sorted(name for name, record in others.items() if not same_warm_start(record, here))
+        if differ:
+            record = others[differ[0]]
+            raise SystemExit(
+                f"the warm start {here['label']} in {workdir} (final loss {here['last_terms'].get('loss')!r}, torch CPU "
+                f"kernels {here['cpu_capability']}) is not the one stored rows {', '.join(differ)} started from "
+                f"(final loss {(record.get('last_terms') or {}).get('loss')!r}, {record.get('cpu_capability')}): "
+                "run them on a machine like theirs, or --retrain them here")
 
 
 def reference_run(label: str, workdir: Path) -> dict[str, Any]:
@@ -327,6 +365,9 @@ def main() -> None:
     parser.add_argument("--notes", default="", help="text for the Notes section of the markdown")
     parser.add_argument("--fresh", action="store_true", help="ignore finished rows in --workdir")
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--retrain", nargs="+", default=[], choices=list(RUNS), metavar="ROW",
+                        help="train these --runs rows again although they are stored (their results are replaced), "
+                             "e.g. rows stored without a record of their warm start")
     parser.add_argument("--reevaluate", action="store_true",
                         help="evaluate the --runs rows again even when stored with these settings (their training "
                              "is kept), e.g. after the stored summary gained a field")
@@ -355,7 +396,7 @@ def main() -> None:
     # with other evaluation settings is evaluated again, e.g. AutoAttack on more images later).
     settings_file = workdir / "settings.json"
     settings = {k: v for k, v in vars(args).items() if k not in EVAL_KEYS + ("runs", "notes", "output", "fresh",
-                                                                            "skip_eval", "reevaluate", "threads", "log_every",
+                                                                            "skip_eval", "reevaluate", "retrain", "threads", "log_every",
                                                                             "workdir")}
     if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
         raise SystemExit(f"{workdir} holds rows trained with other settings ({settings_file}): pass --fresh or "
@@ -376,9 +417,14 @@ def main() -> None:
         update_stored(output, args, settings, lambda runs: runs.clear())
     stored_runs = {} if args.fresh else stored.get("runs", {})
 
+    if set(args.retrain) - set(args.runs):
+        raise SystemExit(f"--retrain {' '.join(sorted(set(args.retrain) - set(args.runs)))}: name them in --runs too")
+    for label in args.retrain:  # trained again from this workdir's warm start
+        shutil.rmtree(workdir / label, ignore_errors=True)
+
     def finished(label: str) -> dict[str, Any] | None:
         run = stored_runs.get(label)
-        if args.reevaluate:
+        if args.reevaluate or label in args.retrain:
             return None
         return run if run and (args.skip_eval or run.get("eval_settings") == eval_settings) else None
 
@@ -397,6 +443,7 @@ def main() -> None:
                 logging.info("training %s", label)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(json.dumps(warm_start(label, classes, args, workdir), indent=2))
+    check_warm_starts([label for label in args.runs if finished(label) is None], stored_runs, workdir)
     for label in args.runs:
         if finished(label) is not None:
             logging.info("%s: finished earlier (%s), skipped", label, output.with_suffix(".json"))
@@ -415,7 +462,9 @@ def main() -> None:
                 run["eval"] = evaluate_run(label, args, workdir)
                 run["eval_settings"] = eval_settings
                 run["eval_seconds"] = time.perf_counter() - started
-                cache.write_text(json.dumps(run, indent=2))
+            if RUNS[label].get("student", "warm") in WARM:  # trained in this workdir: from its warm start
+                run["warm_start"] = warm_record(RUNS[label].get("student", "warm"), workdir)
+            cache.write_text(json.dumps(run, indent=2))
         update_stored(output, args, settings, lambda runs, label=label, run=run: runs.__setitem__(label, run))
 
 

@@ -262,6 +262,29 @@ def fit_row(label: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
     return result
 
 
+def use_warm_start(results: dict[str, Any], args: argparse.Namespace, workdir: Path, output: Path) -> dict[str, Any]:
+    """Train (or reuse from ``workdir``) the seed's warm start and make sure it is the one the seed's stored rows
+    started from; checked every time a row needs it, so a warm start kept from an earlier refused run cannot slip
+    through. Records it with the seed when no stored row used one; returns the results as they are now."""
+    entry = results["seeds"][str(args.seed)]
+    warm = {**fit_row(WARM, args, workdir), "cpu_capability": cpu_capability()}
+    stored = entry.get("warm_start")
+    from_warm = [r for r in entry["rows"] if r in ROWS and ROWS[r].get("kind") != "teacher"
+                 and ROWS[r].get("student") != "clip"]  # the stored rows that started from it
+    if from_warm and stored:
+        if not same_warm_start(stored, warm):
+            raise SystemExit(
+                f"seed {args.seed}'s warm start, trained here, differs from the one its stored rows "
+                f"({', '.join(sorted(from_warm))}) started from (final loss {warm['last_terms'].get('loss')!r} vs "
+                f"{stored['last_terms'].get('loss')!r}; torch CPU kernels {warm['cpu_capability']} here vs "
+                f"{stored.get('cpu_capability', 'not recorded')} there: another CPU or library version changes "
+                "float order): new rows would not share their starting student. Run this seed on a machine like "
+                f"the one its rows were made on, or start it over with --fresh ({workdir / WARM} is kept for "
+                "inspection)")
+        return results
+    return update_results(output, args, lambda r, e: e.__setitem__("warm_start", warm))
+
+
 # -- evaluation ------------------------------------------------------------------------------------------------
 
 def images_digest(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -394,7 +417,14 @@ def machine() -> dict[str, Any]:
                 break
     return {"cpu": model, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "robust_student": __version__,
-            "accelerator": "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"}
+            "accelerator": "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)",
+            "cpu_capability": cpu_capability()}
+
+
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels use here (e.g. AVX2, AVX512): machines that differ in it sum
+    in another order, so training is bit-identical only between machines that share it."""
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def git_commit() -> str | None:
@@ -845,24 +875,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             load = f"{os.getloadavg()[0]:.1f}"
             train = None
             if ROWS[label].get("kind") != "teacher":
-                if ROWS[label].get("student") != "clip" and not (workdir / WARM / "train.json").is_file():
-                    warm = fit_row(WARM, args, workdir)
-                    stored_warm = results["seeds"][str(args.seed)].get("warm_start")
-                    from_warm = [r for r in done if r in ROWS and ROWS[r].get("kind") != "teacher"
-                                 and ROWS[r].get("student") != "clip"]  # the stored rows that started from it
-                    if from_warm and stored_warm and not same_warm_start(stored_warm, warm):
-                        raise SystemExit(
-                            f"seed {args.seed}'s warm start, trained again here, differs from the one its stored rows "
-                            f"started from (final loss {warm['last_terms'].get('loss')!r} vs "
-                            f"{stored_warm['last_terms'].get('loss')!r}; another CPU or library version changes float "
-                            "order): new rows would not share their starting student. Run this seed where its rows "
-                            f"were made, or start it over with --fresh ({workdir / WARM} is kept for inspection)")
-                    update_results(output, args, lambda r, e, warm=warm: e.__setitem__("warm_start", warm))
+                if ROWS[label].get("student") != "clip":
+                    results = use_warm_start(results, args, workdir, output)
                 train = fit_row(label, args, workdir)
             logging.info("evaluating %s", label)
             ev = evaluate_row(row_model(label, workdir, test), test, args, workdir / label / "eval")
             row = {"train": train, "eval": ev, "load_average": load, "threads": args.threads,
-                   "allocator": "kept" if kept_freed_memory else "glibc defaults",
+                   "allocator": "kept" if kept_freed_memory else "glibc defaults", "cpu_capability": cpu_capability(),
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             results = update_results(output, args, lambda r, e, row=row, label=label: e["rows"].__setitem__(label, row))
             acc = ev["accuracy"]

@@ -24,7 +24,9 @@ def bench(monkeypatch, tmp_path):
 
     def fake_warm(label, classes, args, workdir):
         calls.append(("warm", label))
-        return {"label": label}
+        (workdir / label).mkdir(parents=True, exist_ok=True)  # the trainer's log: its last loss identifies the start
+        (workdir / label / "metrics.jsonl").write_text(json.dumps({"kind": "train", "loss": run.warm_loss}) + "\n")
+        return {"label": label, "steps": 10, "cpu_capability": "AVX2"}
 
     def fake_train(label, args, workdir):
         calls.append(("train", label))
@@ -47,6 +49,7 @@ def bench(monkeypatch, tmp_path):
         return list(calls)
 
     run.output = tmp_path / "out" / "methods.json"
+    run.warm_loss = 0.25
     return run
 
 
@@ -79,6 +82,30 @@ def test_reevaluate_evaluates_stored_rows_again_and_refuses_rows_without_their_s
     assert bench("--runs", "heldout-rslad-adv", "--reevaluate") == [("eval", "heldout-rslad-adv")]
     with pytest.raises(SystemExit, match="--reevaluate needs each row's trained student"):
         bench("--runs", "heldout-rslad-adv", "--reevaluate", workdir="w2")  # stored, but its student is not here
+
+
+def test_new_rows_must_start_from_the_warm_start_the_stored_rows_recorded(bench):
+    bench("--runs", "rslad-adv", "hpt-gpd")
+    stored = json.loads(bench.output.read_text())["runs"]
+    assert stored["rslad-adv"]["warm_start"] == {"label": "kd-warmstart", "steps": 10,
+                                                 "last_terms": {"kind": "train", "loss": 0.25}, "cpu_capability": "AVX2"}
+    assert "warm_start" not in stored["hpt-gpd"]  # the clip student starts from the teacher's tower, not a warm start
+    # another machine: the warm start trained again ends elsewhere, so new rows would not pair with the stored ones
+    bench.warm_loss = 0.2500001
+    with pytest.raises(SystemExit, match=r"not the one stored rows rslad-adv started from \(final loss 0.25"):
+        bench("--runs", "mmt-ard", workdir="w2")
+    assert bench("--runs", "hpt-gpd-same-arch", workdir="w2")[-1] == ("eval", "hpt-gpd-same-arch")  # no warm start
+    # --retrain replaces the stored row with one from this warm start; then new rows pair with it
+    assert bench("--runs", "rslad-adv", "mmt-ard", "--retrain", "rslad-adv", workdir="w2") == [
+        ("train", "rslad-adv"), ("eval", "rslad-adv"), ("train", "mmt-ard"), ("eval", "mmt-ard")]
+    # a stored row without a record (written before rows recorded it) cannot be paired with
+    data = json.loads(bench.output.read_text())
+    del data["runs"]["rslad-adv"]["warm_start"]
+    bench.output.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="rslad-adv did not record the warm start .* --retrain rslad-adv"):
+        bench("--runs", "ard-adv", workdir="w2")
+    with pytest.raises(SystemExit, match="name them in --runs too"):
+        bench("--runs", "ard-adv", "--retrain", "rslad-adv", workdir="w2")
 
 
 def test_teacher_reference_row_is_the_teacher_zero_shot(monkeypatch, tmp_path):

@@ -149,3 +149,28 @@ def test_a_retrained_warm_start_must_match_the_stored_one(reproduce):
     assert reproduce.same_warm_start(stored, {"steps": 314, "last_terms": {"loss": 0.11660168319940567}})
     assert not reproduce.same_warm_start(stored, {"steps": 314, "last_terms": {"loss": 0.11660168319940568}})
     assert not reproduce.same_warm_start(stored, {"steps": 313, "last_terms": {"loss": 0.11660168319940567}})
+
+
+def test_the_warm_start_is_checked_every_time_a_row_needs_it(reproduce, monkeypatch, tmp_path):
+    # A refused warm start stays in the workdir "for inspection"; the next run must refuse it again, not train on it.
+    stored = {"steps": 314, "last_terms": {"loss": 0.11660168319940567}, "cpu_capability": "AVX512"}
+    results = {"seeds": {"0": {"rows": {"rslad": {}, "teacher": {}}, "warm_start": stored}}}
+    args = type("Args", (), {"seed": 0})()
+    trained = {"steps": 314, "last_terms": {"loss": 0.11332300305366516}}
+    monkeypatch.setattr(reproduce, "fit_row", lambda label, args, workdir: dict(trained))
+    recorded = []
+    monkeypatch.setattr(reproduce, "update_results", lambda output, args, change: recorded.append(change) or results)
+    for _ in range(2):
+        with pytest.raises(SystemExit, match=r"differs .*\(rslad\) .*AVX512 there"):
+            reproduce.use_warm_start(results, args, tmp_path, tmp_path / "out")
+    assert not recorded
+    trained["last_terms"] = dict(stored["last_terms"])
+    assert reproduce.use_warm_start(results, args, tmp_path, tmp_path / "out") is results and not recorded
+    # No stored row started from a warm start yet (teacher rows do not): this one is recorded with the seed.
+    results["seeds"]["0"]["rows"] = {"teacher": {}}
+    trained["last_terms"] = {"loss": 0.5}
+    reproduce.use_warm_start(results, args, tmp_path, tmp_path / "out")
+    entry = {}
+    recorded[0](results, entry)
+    assert entry["warm_start"]["last_terms"] == {"loss": 0.5}
+    assert entry["warm_start"]["cpu_capability"] == reproduce.cpu_capability()
