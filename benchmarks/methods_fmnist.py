@@ -44,8 +44,8 @@ from robust_student import RobustDistiller, ThreatConfig, __version__
 from robust_student.config import DataConfig
 from robust_student.formatting import format_eps
 
-from reproduce import (_train_log, cpu_capability, differing, locked, read_results, results_lock,  # benchmarks/
-                       same_warm_start, write_json)  # is on sys.path
+from reproduce import (_train_log, cpu_capability, differing, keep_warm_start, locked,  # benchmarks/ is on sys.path
+                       read_results, restore_warm_start, results_lock, same_warm_start, warm_start_copy, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ADV, CLEAN, PROXY = "fmnist-clip-fare", "fmnist-clip", "fmnist-clip-cnn"
@@ -139,8 +139,9 @@ def warm_record(kind: str, workdir: Path) -> dict[str, Any]:
     CPU kernels it ran on. Rows record it, so rows trained later (another session, another machine) can be checked
     to start from the same student."""
     label = WARM[kind][0]
-    cached = json.loads((workdir / label / "result.json").read_text())
-    return {"label": label, "steps": cached.get("steps"), "last_terms": _train_log(workdir / label)[1],
+    cached = json.loads((workdir / label / "result.json").read_text())  # a restored copy carries its last terms
+    return {"label": label, "steps": cached.get("steps"),
+            "last_terms": cached.get("last_terms") or _train_log(workdir / label)[1],
             "cpu_capability": cached.get("cpu_capability", cpu_capability())}
 
 
@@ -415,6 +416,7 @@ def main() -> None:
                          "or another --output")
     if args.fresh:
         update_stored(output, args, settings, lambda runs: runs.clear())
+        shutil.rmtree(warm_start_copy(output, "x").parent, ignore_errors=True)
     stored_runs = {} if args.fresh else stored.get("runs", {})
 
     if set(args.retrain) - set(args.runs):
@@ -436,14 +438,23 @@ def main() -> None:
     needs_training = [label for label in args.runs if finished(label) is None
                       and not (workdir / label / "result.json").is_file()]
     kinds = dict.fromkeys(RUNS[label].get("student", "warm") for label in needs_training)
+    # A warm start kept beside the results (committed with them) is used on any machine; otherwise it is trained
+    # here, checked against the stored rows' records, and kept.
     for label, classes in (WARM[kind] for kind in kinds if kind in WARM):
         with locked(workdir / f"{label}.lock"):  # two processes sharing a workdir train it once
             cache = workdir / label / "result.json"
-            if not cache.is_file():
+            kept = restore_warm_start(warm_start_copy(output, label), workdir / label, settings)
+            if kept is not None and not cache.is_file():
+                cache.write_text(json.dumps(kept, indent=2))
+            elif not cache.is_file():
                 logging.info("training %s", label)
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(json.dumps(warm_start(label, classes, args, workdir), indent=2))
     check_warm_starts([label for label in args.runs if finished(label) is None], stored_runs, workdir)
+    for kind in (kind for kind in kinds if kind in WARM):
+        label = WARM[kind][0]
+        keep_warm_start(workdir / label / "student", warm_record(kind, workdir), warm_start_copy(output, label),
+                        settings)
     for label in args.runs:
         if finished(label) is not None:
             logging.info("%s: finished earlier (%s), skipped", label, output.with_suffix(".json"))

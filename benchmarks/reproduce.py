@@ -33,12 +33,20 @@ with the settings that made it; a rerun with the same settings skips it. A row k
 folder in ``--workdir`` (``runs/reproduce_seed<N>``): training from the newest checkpoint (``fit(resume=True)``),
 evaluation from the attacks already finished. Other settings are refused (``--fresh`` starts that seed over).
 Two seeds may run at the same time (one process each): results are merged under a file lock.
-Outputs: ``reproduce.{json,md,png}`` next to each other (``--output``).
+Outputs: ``reproduce.{json,md,png}`` next to each other (``--output``), and each seed's warm start in
+``reproduce_warm_starts/seed<N>/`` (safetensors, 1.3 MB, with its record and sha256; committed with the table).
+
+Warm starts and machines: every ``resnet_tiny`` row of a seed must start from the same warm start, or paired
+differences would mix training replicates. Training it again is bit-identical only on a machine whose torch CPU
+kernels match (AVX2 and AVX512 sum in another order: seed 0's warm start, made before machines were recorded,
+ends at loss 0.11332 instead of 0.11660 on an AVX2 machine), so it is checked (steps and final loss) every time a row needs it,
+and once it passes it is kept beside the results; from then on rows use the kept copy on any machine.
 
 Time (one thread, measured: the table's "Time and machine" section): a ``resnet_tiny`` row trains in about 1-8 min
-(DGHFA the longest) and costs about 35-45 CPU min of evaluation at n = 500 and 8-20 at n = 200, mostly AutoAttack
-(the more robust the row, the more images reach its later attacks); the teacher rows take a few minutes. Seed 0
-takes about 8 CPU hours for all rows, seed 1 about 4.
+(DGHFA the longest) and costs about 35-45 CPU min of evaluation at n = 500 and 8-20 at n = 200 with glibc's
+allocator defaults, mostly AutoAttack (the more robust the row, the more images reach its later attacks); with
+``keep_freed_memory()`` (what this script sets) about 20-25 at n = 500 (seed 0's PGD-AT: 23 CPU min). The teacher
+rows take a few minutes. Seed 0 takes about 8 CPU hours for all rows at glibc's defaults, seed 1 about 4.
 """
 
 from __future__ import annotations
@@ -262,26 +270,93 @@ def fit_row(label: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
     return result
 
 
+def warm_start_copy(output: Path, name: str) -> Path:
+    """Where a checked warm start is kept beside the results it belongs to (committed with them):
+    ``<output>_warm_starts/<name>`` (a ``student/`` folder of safetensors + JSON, and ``record.json``)."""
+    return output.parent / f"{output.name}_warm_starts" / name
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def keep_warm_start(student_dir: Path, record: dict[str, Any], copy: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Keep a checked warm start's student and its record in ``copy`` (once: an existing copy is left as it is),
+    so later sessions on any machine start new rows from these very weights instead of training the warm start
+    again, which another CPU's kernels end elsewhere. ``settings``: the script's settings it was made with (a
+    copy is used only under the same). Returns the kept record (with the weights' sha256)."""
+    if (copy / "record.json").is_file():
+        return json.loads((copy / "record.json").read_text())
+    record = {**record, "sha256": file_sha256(student_dir / "model.safetensors"), "settings": settings}
+    tmp = copy.with_name(copy.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(student_dir, tmp / "student")
+    (tmp / "record.json").write_text(json.dumps(record, indent=2))
+    os.replace(tmp, copy)
+    logging.info("warm start kept in %s (sha256 %s)", copy, record["sha256"][:16])
+    return record
+
+
+def restore_warm_start(copy: Path, target: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Put the warm start kept in ``copy`` into ``target/student`` and return its record; None when none is kept.
+    Refuses a copy kept under other settings, a copy whose weights are not the ones its record names, and another
+    warm start already in ``target`` (rows trained from it would not pair with the stored ones)."""
+    if not (copy / "record.json").is_file():
+        return None
+    record = json.loads((copy / "record.json").read_text())
+    if record.get("settings") != settings:
+        raise SystemExit(f"the warm start kept in {copy} was made with other settings "
+                         f"({differing(record.get('settings') or {}, settings)}): --fresh discards it")
+    weights = copy / "student" / "model.safetensors"
+    if not weights.is_file() or file_sha256(weights) != record.get("sha256"):
+        raise SystemExit(f"the warm start kept in {copy} is not the one its record.json names (sha256 "
+                         f"{str(record.get('sha256'))[:16]}): restore it with `git checkout -- {copy}`")
+    here = target / "student" / "model.safetensors"
+    if here.is_file():
+        if file_sha256(here) != record["sha256"]:
+            raise SystemExit(f"{target} holds a warm start other than the one kept in {copy} (which the stored rows "
+                             f"started from): move {target} away and run again to use the kept one")
+    else:
+        shutil.copytree(copy / "student", target / "student", dirs_exist_ok=True)
+    return record
+
+
 def use_warm_start(results: dict[str, Any], args: argparse.Namespace, workdir: Path, output: Path) -> dict[str, Any]:
-    """Train (or reuse from ``workdir``) the seed's warm start and make sure it is the one the seed's stored rows
-    started from; checked every time a row needs it, so a warm start kept from an earlier refused run cannot slip
-    through. Records it with the seed when no stored row used one; returns the results as they are now."""
+    """Put the seed's warm start into ``workdir`` and make sure it is the one the seed's stored rows started from;
+    checked every time a row needs it, so a warm start kept from an earlier refused run cannot slip through.
+
+    The warm start kept beside the results (:func:`warm_start_copy`) is used when there is one, on any machine;
+    otherwise it is trained (or reused from ``workdir``), checked against the seed's record (steps and final loss)
+    and kept. Records it with the seed when no stored row used one; returns the results as they are now."""
     entry = results["seeds"][str(args.seed)]
-    warm = {**fit_row(WARM, args, workdir), "cpu_capability": cpu_capability()}
+    copy = warm_start_copy(output, f"seed{args.seed}")
+    every, mine = settings_of(args)
+    kept = restore_warm_start(copy, workdir / WARM, {**every, **mine})
+    if kept is not None:
+        if not (workdir / WARM / "train.json").is_file():
+            (workdir / WARM / "train.json").write_text(json.dumps(kept, indent=2))
+        warm = kept
+    else:
+        warm = {**fit_row(WARM, args, workdir), "cpu_capability": cpu_capability()}
     stored = entry.get("warm_start")
     from_warm = [r for r in entry["rows"] if r in ROWS and ROWS[r].get("kind") != "teacher"
                  and ROWS[r].get("student") != "clip"]  # the stored rows that started from it
+    if from_warm and stored and not same_warm_start(stored, warm):
+        raise SystemExit(
+            f"seed {args.seed}'s warm start, {'kept in ' + str(copy) if kept else 'trained here'}, differs from the "
+            f"one its stored rows ({', '.join(sorted(from_warm))}) started from (final loss "
+            f"{warm['last_terms'].get('loss')!r} vs {stored['last_terms'].get('loss')!r}; torch CPU kernels "
+            f"{warm.get('cpu_capability')} here vs {stored.get('cpu_capability', 'not recorded')} there: another CPU "
+            "or library version changes float order): new rows would not share their starting student. Run this "
+            "seed once on a machine like the one its rows were made on (its warm start is then kept in "
+            f"{copy} and used on any machine), or start it over with --fresh ({workdir / WARM} is kept for "
+            "inspection)")
+    if kept is None:
+        warm = keep_warm_start(workdir / WARM / "student", warm, copy, {**every, **mine})
     if from_warm and stored:
-        if not same_warm_start(stored, warm):
-            raise SystemExit(
-                f"seed {args.seed}'s warm start, trained here, differs from the one its stored rows "
-                f"({', '.join(sorted(from_warm))}) started from (final loss {warm['last_terms'].get('loss')!r} vs "
-                f"{stored['last_terms'].get('loss')!r}; torch CPU kernels {warm['cpu_capability']} here vs "
-                f"{stored.get('cpu_capability', 'not recorded')} there: another CPU or library version changes "
-                "float order): new rows would not share their starting student. Run this seed on a machine like "
-                f"the one its rows were made on, or start it over with --fresh ({workdir / WARM} is kept for "
-                "inspection)")
-        return results
+        if stored.get("sha256") == warm["sha256"]:
+            return results
+        return update_results(output, args, lambda r, e: e["warm_start"].__setitem__("sha256", warm["sha256"]))
     return update_results(output, args, lambda r, e: e.__setitem__("warm_start", warm))
 
 
@@ -833,6 +908,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         workdir_settings = workdir / "settings.json"
         if args.fresh:
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(warm_start_copy(output, f"seed{args.seed}"), ignore_errors=True)
+            if stored and stored.get("settings") != every:  # every seed's rows go, so do their warm starts
+                shutil.rmtree(warm_start_copy(output, "x").parent, ignore_errors=True)
         elif workdir_settings.is_file() and json.loads(workdir_settings.read_text()) != {**every, **mine}:
             raise SystemExit(f"{workdir} holds runs made with other settings "
                              f"({differing(json.loads(workdir_settings.read_text()), {**every, **mine})}): pass "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def bench(monkeypatch, tmp_path):
         calls.append(("warm", label))
         (workdir / label).mkdir(parents=True, exist_ok=True)  # the trainer's log: its last loss identifies the start
         (workdir / label / "metrics.jsonl").write_text(json.dumps({"kind": "train", "loss": run.warm_loss}) + "\n")
+        (workdir / label / "student").mkdir()
+        (workdir / label / "student" / "model.safetensors").write_text(f"weights ending at loss {run.warm_loss}")
         return {"label": label, "steps": 10, "cpu_capability": "AVX2"}
 
     def fake_train(label, args, workdir):
@@ -41,7 +44,10 @@ def bench(monkeypatch, tmp_path):
     monkeypatch.setattr(module, "train_run", fake_train)
     monkeypatch.setattr(module, "evaluate_run", fake_eval)
 
-    def run(*argv: str, workdir: str = "w1") -> list[tuple[str, str]]:
+    def run(*argv: str, workdir: str = "w1", warm_first: bool = False) -> list[tuple[str, str]]:
+        if warm_first:  # a warm start trained in the workdir before, by this machine
+            fake_warm("kd-warmstart", None, None, tmp_path / workdir)
+            (tmp_path / workdir / "kd-warmstart" / "result.json").write_text(json.dumps({"steps": 10}))
         calls.clear()
         monkeypatch.setattr(sys, "argv", ["methods_fmnist.py", "--workdir", str(tmp_path / workdir), "--output",
                                           str(tmp_path / "out" / "methods"), *argv])
@@ -56,9 +62,9 @@ def bench(monkeypatch, tmp_path):
 def test_rows_in_the_committed_json_are_not_trained_again_in_a_new_workdir(bench):
     assert bench("--runs", "ciard", "hpt-gpd") == [("warm", "kd-warmstart"), ("train", "ciard"), ("eval", "ciard"),
                                                   ("train", "hpt-gpd"), ("eval", "hpt-gpd")]
-    # another process / a later session: a fresh workdir, other rows; the stored ones are kept and merged
-    assert bench("--runs", "dual-kl", "ciard", workdir="w2") == [("warm", "kd-warmstart"), ("train", "dual-kl"),
-                                                                ("eval", "dual-kl")]
+    # another process / a later session: a fresh workdir, other rows; the stored ones are kept and merged, and the
+    # warm start kept beside the results is used instead of being trained again
+    assert bench("--runs", "dual-kl", "ciard", workdir="w2") == [("train", "dual-kl"), ("eval", "dual-kl")]
     stored = json.loads(bench.output.read_text())
     assert list(stored["runs"]) == ["ciard", "dual-kl", "hpt-gpd"]  # in the benchmark's row order
     assert "| dual-kl | 50.0 | 25.0 |" in bench.output.with_suffix(".md").read_text()
@@ -90,13 +96,22 @@ def test_new_rows_must_start_from_the_warm_start_the_stored_rows_recorded(bench)
     assert stored["rslad-adv"]["warm_start"] == {"label": "kd-warmstart", "steps": 10,
                                                  "last_terms": {"kind": "train", "loss": 0.25}, "cpu_capability": "AVX2"}
     assert "warm_start" not in stored["hpt-gpd"]  # the clip student starts from the teacher's tower, not a warm start
-    # another machine: the warm start trained again ends elsewhere, so new rows would not pair with the stored ones
+    # The warm start is kept beside the results: another machine (whose kernels would end it elsewhere) uses it.
+    kept = bench.output.parent / "methods_warm_starts" / "kd-warmstart"
+    record = json.loads((kept / "record.json").read_text())
+    assert record["last_terms"] == {"kind": "train", "loss": 0.25} and len(record["sha256"]) == 64
     bench.warm_loss = 0.2500001
-    with pytest.raises(SystemExit, match=r"not the one stored rows rslad-adv started from \(final loss 0.25"):
-        bench("--runs", "mmt-ard", workdir="w2")
+    assert bench("--runs", "mmt-ard", workdir="w4") == [("train", "mmt-ard"), ("eval", "mmt-ard")]
+    assert json.loads(bench.output.read_text())["runs"]["mmt-ard"]["warm_start"]["last_terms"]["loss"] == 0.25
+    with pytest.raises(SystemExit, match="holds a warm start other than the one kept"):
+        bench("--runs", "ard-adv", workdir="w1b", warm_first=True)  # one trained there before: refused, not mixed
+    # Rows stored before warm starts were kept: the one trained again ends elsewhere and new rows are refused.
+    shutil.rmtree(kept)
+    with pytest.raises(SystemExit, match=r"not the one stored rows mmt-ard, rslad-adv started from \(final loss 0.25"):
+        bench("--runs", "dual-kl", workdir="w2")
     assert bench("--runs", "hpt-gpd-same-arch", workdir="w2")[-1] == ("eval", "hpt-gpd-same-arch")  # no warm start
     # --retrain replaces the stored row with one from this warm start; then new rows pair with it
-    assert bench("--runs", "rslad-adv", "mmt-ard", "--retrain", "rslad-adv", workdir="w2") == [
+    assert bench("--runs", "rslad-adv", "mmt-ard", "--retrain", "rslad-adv", "mmt-ard", workdir="w2") == [
         ("train", "rslad-adv"), ("eval", "rslad-adv"), ("train", "mmt-ard"), ("eval", "mmt-ard")]
     # a stored row without a record (written before rows recorded it) cannot be paired with
     data = json.loads(bench.output.read_text())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -151,26 +154,61 @@ def test_a_retrained_warm_start_must_match_the_stored_one(reproduce):
     assert not reproduce.same_warm_start(stored, {"steps": 313, "last_terms": {"loss": 0.11660168319940567}})
 
 
+def _fake_student(workdir: Path, weights: bytes) -> None:
+    student = workdir / "kd-warmstart" / "student"
+    student.mkdir(parents=True, exist_ok=True)
+    (student / "model.safetensors").write_bytes(weights)
+    (student / "config.json").write_text("{}")
+
+
 def test_the_warm_start_is_checked_every_time_a_row_needs_it(reproduce, monkeypatch, tmp_path):
     # A refused warm start stays in the workdir "for inspection"; the next run must refuse it again, not train on it.
     stored = {"steps": 314, "last_terms": {"loss": 0.11660168319940567}, "cpu_capability": "AVX512"}
     results = {"seeds": {"0": {"rows": {"rslad": {}, "teacher": {}}, "warm_start": stored}}}
-    args = type("Args", (), {"seed": 0})()
+    args = argparse.Namespace(seed=0, n_eval=500, n_aa=500, lr=0.003)
     trained = {"steps": 314, "last_terms": {"loss": 0.11332300305366516}}
     monkeypatch.setattr(reproduce, "fit_row", lambda label, args, workdir: dict(trained))
     recorded = []
     monkeypatch.setattr(reproduce, "update_results", lambda output, args, change: recorded.append(change) or results)
+    work, out = tmp_path / "w1", tmp_path / "out"
+    _fake_student(work, b"weights trained here")
     for _ in range(2):
         with pytest.raises(SystemExit, match=r"differs .*\(rslad\) .*AVX512 there"):
-            reproduce.use_warm_start(results, args, tmp_path, tmp_path / "out")
-    assert not recorded
+            reproduce.use_warm_start(results, args, work, out)
+    assert not recorded and not (tmp_path / "out_warm_starts").exists()  # a refused warm start is not kept
+    # The one the rows started from: kept beside the results, its sha256 added to the seed's record.
     trained["last_terms"] = dict(stored["last_terms"])
-    assert reproduce.use_warm_start(results, args, tmp_path, tmp_path / "out") is results and not recorded
+    assert reproduce.use_warm_start(results, args, work, out) is results
+    copy = tmp_path / "out_warm_starts" / "seed0"
+    sha = hashlib.sha256(b"weights trained here").hexdigest()
+    record = json.loads((copy / "record.json").read_text())
+    assert record["sha256"] == sha and record["last_terms"] == stored["last_terms"]
+    assert (copy / "student" / "model.safetensors").read_bytes() == b"weights trained here"
+    assert len(recorded) == 1
+    recorded[0](results, results["seeds"]["0"])
+    assert stored["sha256"] == sha
+    # Another machine, another session: the kept copy is used as it is, nothing is trained.
+    monkeypatch.setattr(reproduce, "fit_row", lambda label, args, workdir: pytest.fail("trained the warm start"))
+    assert reproduce.use_warm_start(results, args, tmp_path / "w2", out) is results and len(recorded) == 1
+    assert (tmp_path / "w2" / "kd-warmstart" / "student" / "model.safetensors").read_bytes() == b"weights trained here"
+    assert json.loads((tmp_path / "w2" / "kd-warmstart" / "train.json").read_text())["sha256"] == sha
+    # ... but not next to another warm start, nor when the copy was changed or kept under other settings.
+    _fake_student(tmp_path / "w3", b"another machine's weights")
+    with pytest.raises(SystemExit, match="holds a warm start other than the one kept"):
+        reproduce.use_warm_start(results, args, tmp_path / "w3", out)
+    args.lr = 0.001
+    with pytest.raises(SystemExit, match=r"kept in .* other settings \(lr 0.001 \(stored 0.003\)\)"):
+        reproduce.use_warm_start(results, args, tmp_path / "w2", out)
+    args.lr = 0.003
+    (copy / "student" / "model.safetensors").write_bytes(b"edited")
+    with pytest.raises(SystemExit, match="is not the one its record.json names"):
+        reproduce.use_warm_start(results, args, tmp_path / "w2", out)
     # No stored row started from a warm start yet (teacher rows do not): this one is recorded with the seed.
     results["seeds"]["0"]["rows"] = {"teacher": {}}
+    monkeypatch.setattr(reproduce, "fit_row", lambda label, args, workdir: dict(trained))
     trained["last_terms"] = {"loss": 0.5}
-    reproduce.use_warm_start(results, args, tmp_path, tmp_path / "out")
+    reproduce.use_warm_start(results, args, work, tmp_path / "out2")
     entry = {}
-    recorded[0](results, entry)
-    assert entry["warm_start"]["last_terms"] == {"loss": 0.5}
+    recorded[-1](results, entry)
+    assert entry["warm_start"]["last_terms"] == {"loss": 0.5} and entry["warm_start"]["sha256"] == sha
     assert entry["warm_start"]["cpu_capability"] == reproduce.cpu_capability()
