@@ -135,6 +135,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    from robust_student.cpu_allocator import keep_freed_memory
+
+    keep_freed_memory()  # this process is the script's: see robust_student.cpu_allocator (PGD-20 measured x1.88 faster)
     torch.set_num_threads(args.threads)
     command = " ".join(["scripts/train_fmnist_zoo.py"] + (argv if argv is not None else sys.argv[1:]))
     if args.eval_only:
