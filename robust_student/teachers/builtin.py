@@ -11,7 +11,7 @@ student folder (``weights/<name>/``: ``config.json``, ``model.safetensors``, ``t
 image encoder with fmnist-clip's text encoder (the ``student:<folder>`` teacher):
 
 * ``fmnist-clip-fare``: fmnist-clip's image tower after FARE (the robust ``adv`` teacher of MMT-ARD / CIARD);
-* (``scripts/train_fmnist_zoo.py --model tecoa`` makes a TeCoA-tuned tower the same way; it is not shipped yet);
+* ``fmnist-clip-tecoa``: fmnist-clip's image tower after TeCoA (CE on zero-shot logits at x', the same budget);
 * ``fmnist-clip-cnn``: a convolutional image tower (``resnet_tiny``) trained on clean images against
   fmnist-clip's class text embeddings (locked text tower): the heterogeneous proxy of HPT-GPD.
 """
@@ -47,6 +47,7 @@ def fmnist_clip(arg: None = None, **kwargs: Any) -> OpenClipTeacher:
 # a new entry ships its folder with it)
 ZOO: dict[str, str] = {
     "fmnist-clip-fare": "fmnist-clip's image tower after FARE (L-inf 0.1), with fmnist-clip's text tower",
+    "fmnist-clip-tecoa": "fmnist-clip's image tower after TeCoA (L-inf 0.1), with fmnist-clip's text tower",
     "fmnist-clip-cnn": "a convolutional image tower (resnet_tiny) aligned to fmnist-clip's text tower (clean)",
 }
 
