@@ -102,6 +102,25 @@ def test_gradient_masked_model_makes_the_checks_fire(trained, test_set):
     assert not report.checks_passed and report.to_dict()["checks_passed"] is False
 
 
+def test_large_eps_check_escalates_to_apgd_ce_before_failing(trained, test_set, monkeypatch):
+    """PGD-20 that stalls at the large eps (here: replaced by no attack) no longer fails a model whose gradients
+    work, because APGD-CE breaks what it left; a masked gradient misleads APGD-CE too, so that model still fails."""
+    from robust_student.attacks import checks
+
+    real = checks.get_attack
+    monkeypatch.setattr(checks, "get_attack", lambda name, **kw: real("clean" if name == "pgd20" else name, **kw))
+    x, y, _ = collect_examples(test_set, 48, seed=0)
+    threat = LinfBall(32 / 255)
+    normal = {c.name: c for c in checks.gradient_masking_checks(trained, x, y, threat, {}, square_queries=50).checks}
+    run = checks.gradient_masking_checks(Quantized(trained), x, y, threat, {}, square_queries=50)
+    masked = {c.name: c for c in run.checks}
+    assert normal["large_eps_breaks_model"].passed, normal["large_eps_breaks_model"].detail
+    assert "(pgd20)" in normal["large_eps_breaks_model"].detail and "apgd-ce" in normal["large_eps_breaks_model"].detail
+    assert masked["large_eps_breaks_model"].passed is False and run.sweep["large_eps_apgd_ce"] > 0.05
+    assert check_large_eps(0.5, 0.09, stronger=("apgd-ce", 0.03)).passed
+    assert check_large_eps(0.5, 0.09, stronger=("apgd-ce", 0.06)).passed is False
+
+
 def test_check_functions():
     assert check_accuracy_decreases([0, 0.1, 0.2], [0.9, 0.5, 0.1], tol=0.01).passed
     rising = check_accuracy_decreases([0, 0.1, 0.2], [0.9, 0.2, 0.6], tol=0.01)
