@@ -134,7 +134,7 @@ def make_rows(adv: str, clean: str, proxy: str) -> dict[str, dict[str, Any]]:
 ROWS = make_rows(ADV, CLEAN, PROXY)
 SEED_KEYS = ("seed", "n_eval", "n_aa")  # settings that may differ between seeds
 # settings that do not change what a row measures (or change it only by float summation order: threads)
-FREE_KEYS = ("runs", "threads", "workdir", "output", "fresh", "log_every", "notes")
+FREE_KEYS = ("runs", "threads", "workdir", "output", "fresh", "adopt", "log_every", "notes")
 
 
 # -- statistics ------------------------------------------------------------------------------------------------
@@ -358,6 +358,45 @@ def use_warm_start(results: dict[str, Any], args: argparse.Namespace, workdir: P
             return results
         return update_results(output, args, lambda r, e: e["warm_start"].__setitem__("sha256", warm["sha256"]))
     return update_results(output, args, lambda r, e: e.__setitem__("warm_start", warm))
+
+
+def adopt_seed(output: Path, source: Path, args: argparse.Namespace) -> None:
+    """Replace seed N in ``output`` by seed N of ``source`` (the results of this script run with another
+    ``--output``: a rerun in another folder or on another machine), with its kept warm start. Both must hold the
+    same settings; replacing stored rows needs ``--fresh``, like starting the seed over does."""
+    every, mine = settings_of(args)
+    theirs = read_results(source.with_suffix(".json"))
+    entry = theirs.get("seeds", {}).get(str(args.seed))
+    if not entry or not entry.get("rows"):
+        raise SystemExit(f"{source.with_suffix('.json')} holds no rows of seed {args.seed}")
+    if theirs.get("settings") != every or entry.get("settings") != mine:
+        raise SystemExit(f"seed {args.seed} in {source.with_suffix('.json')} was made with other settings "
+                         f"({differing({**theirs.get('settings', {}), **entry.get('settings', {})}, {**every, **mine})})")
+    copy, target = warm_start_copy(source, f"seed{args.seed}"), warm_start_copy(output, f"seed{args.seed}")
+    if entry.get("warm_start") and not (copy / "record.json").is_file():
+        raise SystemExit(f"{copy} holds no kept warm start, which seed {args.seed}'s trained rows started from")
+    if (copy / "record.json").is_file():
+        with tempfile.TemporaryDirectory() as tmp:  # checks the copy's settings and sha256 before it is taken
+            restore_warm_start(copy, Path(tmp), {**every, **mine})
+    with locked(results_lock(output)):
+        stored = read_results(output.with_suffix(".json"))
+        if stored and stored.get("settings") != every:
+            raise SystemExit(f"{output.with_suffix('.json')} holds rows made with other settings "
+                             f"({differing(stored['settings'], every)})")
+        if str(args.seed) in stored.get("seeds", {}) and not args.fresh:
+            raise SystemExit(f"{output.with_suffix('.json')} holds seed {args.seed} already: pass --fresh to "
+                             f"replace its rows with those of {source.with_suffix('.json')}")
+    shutil.rmtree(target, ignore_errors=True)  # the replaced rows' warm start goes with them
+    if (copy / "record.json").is_file():
+        shutil.copytree(copy, target)
+
+    def replace(results: dict[str, Any], seed_entry: dict[str, Any]) -> None:
+        seed_entry.clear()
+        seed_entry.update(entry)
+
+    update_results(output, args, replace)
+    logging.info("seed %d: %d rows taken from %s (warm start %s)", args.seed, len(entry["rows"]),
+                 source.with_suffix(".json"), target if target.is_dir() else "none")
 
 
 # -- evaluation ------------------------------------------------------------------------------------------------
@@ -860,6 +899,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "quick: /tmp/reproduce_quick/reproduce)")
     p.add_argument("--notes", default="", help="a note for this seed, shown in the markdown")
     p.add_argument("--fresh", action="store_true", help="start this seed over (its stored rows and its workdir)")
+    p.add_argument("--adopt", metavar="STEM", help="take this seed's rows and kept warm start from the results "
+                   "at STEM (.json) made with another --output; with --fresh when --output holds the seed")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to /tmp: check that the script runs")
     return p
 
@@ -891,6 +932,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("robust_student").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
+    if args.adopt:
+        adopt_seed(output, Path(args.adopt), args)
+        print(output.with_suffix(".md").read_text())
+        return
     every, mine = settings_of(args)
 
     with locked(workdir.with_name(workdir.name + ".lock"), blocking=False):

@@ -212,3 +212,72 @@ def test_the_warm_start_is_checked_every_time_a_row_needs_it(reproduce, monkeypa
     recorded[-1](results, entry)
     assert entry["warm_start"]["last_terms"] == {"loss": 0.5} and entry["warm_start"]["sha256"] == sha
     assert entry["warm_start"]["cpu_capability"] == reproduce.cpu_capability()
+
+
+def test_a_seed_rerun_elsewhere_is_adopted_with_its_warm_start_only_when_asked(reproduce, monkeypatch, tmp_path):
+    monkeypatch.setattr(reproduce, "to_markdown", lambda results: "table\n")
+    monkeypatch.setattr(reproduce, "plot", lambda results, path: None)
+    args = argparse.Namespace(seed=0, n_eval=500, n_aa=500, lr=0.003, fresh=False, adopt=None)
+    every, mine = reproduce.settings_of(args)
+    rerun, committed = tmp_path / "rerun" / "reproduce", tmp_path / "results" / "reproduce"
+    rows = {"rslad": {"eval": "rerun"}, "teacher": {"eval": "rerun"}}
+    reproduce.write_json(rerun.with_suffix(".json"), {"settings": every, "seeds": {"0": {
+        "rows": rows, "settings": mine, "notes": "AVX2", "warm_start": {"steps": 314}}}})
+    old = {"settings": every, "seeds": {"0": {"rows": {"rslad": {"eval": "old"}}, "settings": mine},
+                                        "1": {"rows": {"kd": {}}, "settings": {**mine, "seed": 1}}}}
+    reproduce.write_json(committed.with_suffix(".json"), old)
+    with pytest.raises(SystemExit, match="no kept warm start"):  # rslad started from one: it must come along
+        reproduce.adopt_seed(committed, rerun, args)
+    copy = tmp_path / "rerun" / "reproduce_warm_starts" / "seed0"
+    (copy / "student").mkdir(parents=True)
+    (copy / "student" / "model.safetensors").write_bytes(b"w")
+    record = {"sha256": hashlib.sha256(b"w").hexdigest(), "settings": {**every, **mine}}
+    (copy / "record.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="holds seed 0 already: pass --fresh"):
+        reproduce.adopt_seed(committed, rerun, args)
+    assert json.loads(committed.with_suffix(".json").read_text()) == old  # nothing replaced without --fresh
+    args.fresh = True
+    args.lr = 0.001
+    with pytest.raises(SystemExit, match="other settings"):
+        reproduce.adopt_seed(committed, rerun, args)
+    args.lr = 0.003
+    reproduce.adopt_seed(committed, rerun, args)
+    now = json.loads(committed.with_suffix(".json").read_text())
+    assert now["seeds"]["0"]["rows"] == rows and now["seeds"]["0"]["notes"] == "AVX2"
+    assert now["seeds"]["1"] == old["seeds"]["1"]  # other seeds stay
+    kept = tmp_path / "results" / "reproduce_warm_starts" / "seed0" / "student" / "model.safetensors"
+    assert kept.read_bytes() == b"w"
+    (copy / "student" / "model.safetensors").write_bytes(b"edited")
+    with pytest.raises(SystemExit, match="is not the one its record.json names"):
+        reproduce.adopt_seed(committed, rerun, args)
+
+
+def test_a_rerun_is_compared_cell_by_cell_with_the_committed_spread(reproduce):
+    spec = importlib.util.spec_from_file_location("reproduce_rerun", SCRIPT.with_name("reproduce_rerun.py"))
+    rerun_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rerun_check)
+
+    def row(correct):
+        vector = {"images": "digest", "correct": reproduce.bits(correct)}
+        return {"eval": {"vectors": {c: vector for c in reproduce.COLUMNS},
+                         "accuracy": {c: sum(correct) / len(correct) for c in reproduce.COLUMNS}}}
+
+    settings = {"adv_teacher": "a", "proxy_teacher": "p"}
+    ten = [True] * 5 + [False] * 5
+    committed = {"settings": settings, "seeds": {"0": {"rows": {"rslad": row(ten), "kd": row(ten)}},
+                                                 "1": {"rows": {"rslad": row([True] * 7 + [False] * 3)}}}}
+    rerun = {"settings": settings, "seeds": {"0": {"rows": {"rslad": row([True] * 6 + [False] * 4),
+                                                            "kd": row([True] * 9 + [False])}}}}
+    result = rerun_check.compare(committed, rerun, 0)
+    rslad = [c for c in result["cells"] if c["row"] == "rslad"]
+    assert all(c["diff"] == pytest.approx(0.1) and c["sd_seeds"] == pytest.approx(math.sqrt(0.02)) for c in rslad)
+    assert all(c["within"] for c in rslad)  # 10 points vs 2 x 14.1 points of seed spread
+    assert all(c["within"] is None for c in result["cells"] if c["row"] == "kd")  # one committed seed: no spread
+    assert "**6 of 6 cells within" in rerun_check.to_markdown(result, ("a.json", "b.json"))
+    rerun["seeds"]["0"]["rows"]["rslad"] = row([True] * 10)  # +50 points: beyond 2 sd and 2 SE
+    assert not any(c["within"] for c in rerun_check.compare(committed, rerun, 0)["cells"] if c["row"] == "rslad")
+    rerun["seeds"]["0"]["rows"]["rslad"]["eval"]["vectors"]["clean"] = {"images": "other", "correct": ""}
+    with pytest.raises(SystemExit, match="other images"):
+        rerun_check.compare(committed, rerun, 0)
+    with pytest.raises(SystemExit, match="other settings"):
+        rerun_check.compare(committed, {**rerun, "settings": {"adv_teacher": "b"}}, 0)
