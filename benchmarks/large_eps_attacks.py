@@ -8,6 +8,12 @@ masked gradients.
 
     python benchmarks/methods_fmnist.py --seed 0 --runs heldout-rslad-adv   # makes the student (its workdir)
     python benchmarks/large_eps_attacks.py                                  # -> results/large_eps_attacks.{json,md}
+    python benchmarks/large_eps_attacks.py --check   # the library's checks as methods_fmnist.py runs them
+                                                     # -> results/large_eps_check.{json,md}
+
+``--check`` re-evaluates the student on the held-out classes the way ``methods_fmnist.py`` does (clean and PGD-20
+on ``--n-eval`` images with the gradient-masking checks on the first ``--n-check``), to see the check's verdict
+with the code of today.
 """
 
 from __future__ import annotations
@@ -33,16 +39,41 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ["clean", "pgd20", "cw20", "pgd:100", "apgd-ce"]
 
 
+def library_check(distiller: RobustDistiller, args: argparse.Namespace, start: float) -> None:
+    """The held-out evaluation of ``methods_fmnist.py`` (eps 0.1) with today's checks -> <output>.{json,md}."""
+    report = distiller.evaluate(["clean", "pgd20"], n_examples=args.n_eval, threat=ThreatConfig(norm="linf", eps=0.1),
+                                classes=HELD_OUT, check_examples=args.n_check, progress=False)
+    result = {"run": args.run, "classes": HELD_OUT, "n": args.n_eval, "n_check": args.n_check,
+              "clean": report.clean_accuracy, "pgd20": report.robust_accuracy["pgd20"], "checks": report.checks,
+              "sweep": report.sanity_sweep, "seconds": round(time.time() - start, 1),
+              "machine": f"{platform.processor() or platform.machine()}, 1 thread, torch {torch.__version__}",
+              "command": "python benchmarks/large_eps_attacks.py " + " ".join(sys.argv[1:])}
+    Path(args.output).with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"# Masking checks on `{args.run}`, held-out classes (`benchmarks/large_eps_attacks.py --check`)", "",
+             f"Clean {100 * result['clean']:.1f} %, PGD-20 {100 * result['pgd20']:.1f} % at L-inf eps 0.1 on "
+             f"{args.n_eval} test images of {', '.join(HELD_OUT)}; checks on the first {args.n_check}:", "",
+             "| check | passed | detail |", "|---|---|---|"]
+    lines += [f"| {c['name']} | {c['passed']} | {c['detail']} |" for c in report.checks]
+    lines += ["", f"Command: `{result['command'].strip()}`; {result['seconds']} s on {result['machine']}.", ""]
+    Path(args.output).with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main() -> None:
     keep_freed_memory()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="heldout-rslad-adv", help="a row of methods_fmnist.py trained on 7 classes")
     p.add_argument("--workdir", default=str(ROOT / "runs" / "methods_fmnist"))
-    p.add_argument("--n", type=int, default=100, 
+    p.add_argument("--n", type=int, default=100,
                    help="test images (the evaluation's seeded subset; the checks use 100)")
     p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.5])
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "large_eps_attacks"))
+    p.add_argument("--output", help="path stem (default results/large_eps_attacks, with --check large_eps_check)")
+    p.add_argument("--check", action="store_true", help="run the library's masking checks instead (see above)")
+    p.add_argument("--n-eval", type=int, default=500, help="--check: test images (methods_fmnist.py's default)")
+    p.add_argument("--n-check", type=int, default=100, help="--check: images for the checks")
     args = p.parse_args()
+    args.output = args.output or str(ROOT / "benchmarks" / "results" / ("large_eps_check" if args.check
+                                                                        else "large_eps_attacks"))
     torch.set_num_threads(1)
     folder = Path(args.workdir) / args.run / "student"
     if not (folder / "model.safetensors").is_file():
@@ -51,7 +82,11 @@ def main() -> None:
     student = load_student(folder)
     distiller = RobustDistiller(teacher=ADV, method="kd", student=student,
                                 dataset=DataConfig(name="fashion-mnist", classes=SEEN))
-    rows, start = [], time.time()
+    start = time.time()
+    if args.check:
+        library_check(distiller, args, start)
+        return
+    rows = []
     for eps in args.eps:
         report = distiller.evaluate(ATTACKS, n_examples=args.n, threat=ThreatConfig(norm="linf", eps=eps),
                                     classes=HELD_OUT, checks=False, progress=False)
