@@ -66,13 +66,15 @@ def compare(committed: dict[str, Any], rerun: dict[str, Any], seed: int, z: floa
                           "within": None if sd is None else abs(d["diff"]) <= z * max(sd, d["se"] or 0.0) + 1e-12})
     after = copy.deepcopy(committed)
     after["seeds"][key] = new
+    complete = set(old["rows"]) <= set(new["rows"])  # a partial rerun's seed would drop rows from the verdicts
     return {"seed": seed, "z": z, "cells": cells,
             "rows_only_committed": sorted(set(old["rows"]) - set(new["rows"])),
             "rows_only_rerun": sorted(set(new["rows"]) - set(old["rows"])),
             "machines": {"committed": old.get("machine"), "rerun": new.get("machine")},
             "warm_start_loss": {"committed": (old.get("warm_start") or {}).get("last_terms", {}).get("loss"),
                                 "rerun": (new.get("warm_start") or {}).get("last_terms", {}).get("loss")},
-            "claims": {"committed": reproduce.claims(committed), "with_rerun": reproduce.claims(after)}}
+            "claims": {"committed": reproduce.claims(committed),
+                       "with_rerun": reproduce.claims(after) if complete else None}}
 
 
 def to_markdown(result: dict[str, Any], sources: tuple[str, str]) -> str:
@@ -93,10 +95,14 @@ def to_markdown(result: dict[str, Any], sources: tuple[str, str]) -> str:
         within = "-" if c["within"] is None else ("yes" if c["within"] else "**no**")
         lines.append(f"| {c['row']} | {reproduce.COLUMNS[c['column']][2]} | {100 * c['committed']:.1f} | "
                      f"{100 * c['rerun']:.1f} | {reproduce._points(c)} | {sd} | {within} |")
-    lines += ["", "Paper claims, committed table vs with the rerun's seed in its place:", "",
-              "| claim | committed | with the rerun |", "|---|---|---|"]
-    for (claim, before, _), (_, now, _) in zip(result["claims"]["committed"], result["claims"]["with_rerun"]):
-        lines.append(f"| {claim} | {before} | {now} |")
+    if result["claims"]["with_rerun"] is None:
+        lines += ["", "Paper claims: recomputed once the rerun has every row of the committed seed (a partial "
+                  "seed in its place would change which rows the verdicts rest on)."]
+    else:
+        lines += ["", "Paper claims, committed table vs with the rerun's seed in its place:", "",
+                  "| claim | committed | with the rerun |", "|---|---|---|"]
+        for (claim, before, _), (_, now, _) in zip(result["claims"]["committed"], result["claims"]["with_rerun"]):
+            lines.append(f"| {claim} | {before} | {now} |")
     if result["rows_only_committed"] or result["rows_only_rerun"]:
         lines += ["", f"Rows only in the committed table: {', '.join(result['rows_only_committed']) or 'none'}; "
                   f"only in the rerun: {', '.join(result['rows_only_rerun']) or 'none'}."]

@@ -274,6 +274,9 @@ def test_a_rerun_is_compared_cell_by_cell_with_the_committed_spread(reproduce):
     assert all(c["within"] for c in rslad)  # 10 points vs 2 x 14.1 points of seed spread
     assert all(c["within"] is None for c in result["cells"] if c["row"] == "kd")  # one committed seed: no spread
     assert "**6 of 6 cells within" in rerun_check.to_markdown(result, ("a.json", "b.json"))
+    assert result["claims"]["with_rerun"] is not None
+    partial = {"settings": settings, "seeds": {"0": {"rows": {"rslad": row(ten)}}}}
+    assert rerun_check.compare(committed, partial, 0)["claims"]["with_rerun"] is None  # kd missing: no verdicts
     rerun["seeds"]["0"]["rows"]["rslad"] = row([True] * 10)  # +50 points: beyond 2 sd and 2 SE
     assert not any(c["within"] for c in rerun_check.compare(committed, rerun, 0)["cells"] if c["row"] == "rslad")
     rerun["seeds"]["0"]["rows"]["rslad"]["eval"]["vectors"]["clean"] = {"images": "other", "correct": ""}
