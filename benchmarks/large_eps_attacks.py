@@ -39,24 +39,30 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ["clean", "pgd20", "cw20", "pgd:100", "apgd-ce"]
 
 
+def write_outputs(output: str, result: dict, lines: list[str], start: float) -> None:
+    """Add the run's time, machine and command to ``result`` and the markdown, write <output>.{json,md}."""
+    result.update({"seconds": round(time.time() - start, 1),
+                   "machine": f"{platform.processor() or platform.machine()}, 1 thread, torch {torch.__version__}",
+                   "command": "python benchmarks/large_eps_attacks.py " + " ".join(sys.argv[1:])})
+    Path(output).with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    lines += ["", f"Command: `{result['command'].strip()}`; {result['seconds']} s on {result['machine']}.", ""]
+    Path(output).with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def library_check(distiller: RobustDistiller, args: argparse.Namespace, start: float) -> None:
     """The held-out evaluation of ``methods_fmnist.py`` (eps 0.1) with today's checks -> <output>.{json,md}."""
     report = distiller.evaluate(["clean", "pgd20"], n_examples=args.n_eval, threat=ThreatConfig(norm="linf", eps=0.1),
                                 classes=HELD_OUT, check_examples=args.n_check, progress=False)
     result = {"run": args.run, "classes": HELD_OUT, "n": args.n_eval, "n_check": args.n_check,
               "clean": report.clean_accuracy, "pgd20": report.robust_accuracy["pgd20"], "checks": report.checks,
-              "sweep": report.sanity_sweep, "seconds": round(time.time() - start, 1),
-              "machine": f"{platform.processor() or platform.machine()}, 1 thread, torch {torch.__version__}",
-              "command": "python benchmarks/large_eps_attacks.py " + " ".join(sys.argv[1:])}
-    Path(args.output).with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+              "sweep": report.sanity_sweep}
     lines = [f"# Masking checks on `{args.run}`, held-out classes (`benchmarks/large_eps_attacks.py --check`)", "",
              f"Clean {100 * result['clean']:.1f} %, PGD-20 {100 * result['pgd20']:.1f} % at L-inf eps 0.1 on "
              f"{args.n_eval} test images of {', '.join(HELD_OUT)}; checks on the first {args.n_check}:", "",
              "| check | passed | detail |", "|---|---|---|"]
     lines += [f"| {c['name']} | {c['passed']} | {c['detail']} |" for c in report.checks]
-    lines += ["", f"Command: `{result['command'].strip()}`; {result['seconds']} s on {result['machine']}.", ""]
-    Path(args.output).with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_outputs(args.output, result, lines, start)
 
 
 def main() -> None:
@@ -93,18 +99,14 @@ def main() -> None:
         rows.append({"eps": eps, "clean": report.clean_accuracy, **report.robust_accuracy})
         print(rows[-1], flush=True)
     result = {"run": args.run, "student": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder),
-              "classes": HELD_OUT, "n": args.n, "rows": rows, "seconds": round(time.time() - start, 1),
-              "machine": f"{platform.processor() or platform.machine()}, 1 thread, torch {torch.__version__}",
-              "command": "python benchmarks/large_eps_attacks.py " + " ".join(sys.argv[1:])}
-    Path(args.output).with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+              "classes": HELD_OUT, "n": args.n, "rows": rows}
     lines = [f"# Large-eps check: attack strength on `{args.run}` (`benchmarks/large_eps_attacks.py`)", "",
              f"Held-out classes {', '.join(HELD_OUT)} (zero-shot through the teacher's text encoder), the evaluation's "
              f"seeded subset of {args.n} test images. Robust accuracy (%) under each attack at L-inf eps:", "",
              "| eps | " + " | ".join(ATTACKS) + " |", "|---:|" + "---:|" * len(ATTACKS)]
     for row in rows:
         lines.append(f"| {row['eps']:g} | " + " | ".join(f"{100 * row[a]:.1f}" for a in ATTACKS) + " |")
-    lines += ["", f"Command: `{result['command'].strip()}`; {result['seconds']} s on {result['machine']}.", ""]
-    Path(args.output).with_suffix(".md").write_text("\n".join(lines))
+    write_outputs(args.output, result, lines, start)
 
 
 if __name__ == "__main__":
