@@ -818,7 +818,7 @@ def to_markdown(results: dict[str, Any]) -> str:
                      f"{e.get('threads', '?')} torch thread(s), accelerator {m.get('accelerator', '?')}; "
                      f"{m.get('platform', '?')}; Python {m.get('python', '?')}, torch {m.get('torch', '?')}, "
                      f"robust_student {m.get('robust_student', '?')} (commit {e.get('commit', '?')}).")
-    notes = [e.get("notes") for _, e in seeds if e.get("notes")]
+    notes = [f"- seed {k}: {e['notes']}" for k, e in seeds if e.get("notes")]  # whose note it is, with several
     if notes:
         lines += ["", "## Notes", ""] + notes
     return "\n".join(lines) + "\n"
