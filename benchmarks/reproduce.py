@@ -38,15 +38,18 @@ Outputs: ``reproduce.{json,md,png}`` next to each other (``--output``), and each
 
 Warm starts and machines: every ``resnet_tiny`` row of a seed must start from the same warm start, or paired
 differences would mix training replicates. Training it again is bit-identical only on a machine whose torch CPU
-kernels match (AVX2 and AVX512 sum in another order: seed 0's warm start, made before machines were recorded,
-ends at loss 0.11332 instead of 0.11660 on an AVX2 machine), so it is checked (steps and final loss) every time a row needs it,
-and once it passes it is kept beside the results; from then on rows use the kept copy on any machine.
+kernels match (AVX2 and AVX512 sum in another order: seed 0's first warm start, made before machines were recorded,
+ended at loss 0.11660 there and ends at 0.11332 on an AVX2 machine), so it is checked (steps and final loss) every
+time a row needs it, and once it passes it is kept beside the results; from then on rows use the kept copy on any
+machine. Seed 0 was therefore rerun whole from a new, kept warm start (``--output`` elsewhere, then ``--adopt``;
+``reproduce_rerun.py`` compares such a rerun with the committed table).
 
 Time (one thread, measured: the table's "Time and machine" section): a ``resnet_tiny`` row trains in about 1-8 min
-(DGHFA the longest) and costs about 35-45 CPU min of evaluation at n = 500 and 8-20 at n = 200 with glibc's
-allocator defaults, mostly AutoAttack (the more robust the row, the more images reach its later attacks); with
-``keep_freed_memory()`` (what this script sets) about 20-25 at n = 500 (seed 0's PGD-AT: 23 CPU min). The teacher
-rows take a few minutes. Seed 0 takes about 8 CPU hours for all rows at glibc's defaults, seed 1 about 4.
+(DGHFA the longest); its evaluation is mostly AutoAttack, and the more robust the row, the more images reach the
+later attacks. CPU time depends on the machine: at n = 500 the robust rows took 30-57 CPU min each (train +
+eval) on the AVX2 machine of seed 0's rerun with ``keep_freed_memory()`` (what this script sets), against 23 min for
+PGD-AT on the machine of seed 0's first run; at n = 200 they take 8-30. The teacher rows take a few minutes. All
+13 rows of seed 0 took 7.7 CPU hours (two rows at a time on 2 cores); seed 1 (n = 200, glibc's defaults) 2.7.
 """
 
 from __future__ import annotations
