@@ -48,7 +48,7 @@ Time (one thread, measured: the table's "Time and machine" section): a ``resnet_
 (DGHFA the longest); its evaluation is mostly AutoAttack, and the more robust the row, the more images reach the
 later attacks. CPU time depends on the machine: at n = 500 the robust rows took 30-57 CPU min each (train +
 eval) on the AVX2 machine of seed 0's rerun with ``keep_freed_memory()`` (what this script sets), against 23 min for
-PGD-AT on the machine of seed 0's first run; at n = 200 they take 8-30. The teacher rows take a few minutes. All
+PGD-AT on the machine of seed 0's first run; at n = 200 they took 8-32. The teacher rows take a few minutes. All
 13 rows of seed 0 took 7.7 CPU hours (two rows at a time on 2 cores); seed 1 (n = 200, glibc's defaults) 2.7.
 """
 
