@@ -4,17 +4,21 @@
     find scans -name '*.dcm' | robust-student predict model.onnx --jsonl
 
 Each line holds ``source``, ``class_index``, ``label``, ``class_name``, ``probability`` and ``error`` (null when
-the image was classified). Bad images never stop the stream; the exit status is 0 when every image was
-classified and 3 when some were not. Needs only onnxruntime, numpy and pillow.
+the image was classified). Every input gets exactly one line, in input order, whatever the batch size: its
+prediction or its one-line refusal (tab-separated output: ``source<TAB>ERROR<TAB>reason``). Bad images never
+stop the stream; the exit status is 0 when every image was classified and 3 when some were not. Needs only
+onnxruntime, numpy and pillow.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import IO, Iterable, Iterator, Sequence
 
-from .student import OnnxStudent, Predictions
+from .images import one_line
+from .student import OnnxStudent, Prediction, Predictions, refusal
 
 SOME_FAILED = 3
 
@@ -39,16 +43,22 @@ def write_predictions(model: OnnxStudent, paths: Iterable[str], out: IO[str], *,
     chunk: list[str] = []
 
     def flush() -> None:
-        result = model.predict(chunk, batch_size=batch_size, errors="skip")
+        try:
+            result = list(model.predict(chunk, batch_size=batch_size, errors="skip"))
+        except Exception as err:  # noqa: BLE001 - never happens by design; if it does, no input is lost
+            result = [Prediction(index=0, source=path, error=refusal(err)) for path in chunk]
+        if len(result) != len(chunk):  # one result per path, by construction; guarded all the same
+            result = [Prediction(index=0, source=path, error="internal error: no result for this input")
+                      for path in chunk]
         for item in result:
             item.index = len(everything.items)
             everything.items.append(item)
             if jsonl:
                 out.write(item.to_json(probabilities) + "\n")
             elif item.ok:
-                out.write(f"{item.source}\t{item.label}\t{item.probability:.4f}\n")
+                out.write(f"{_field(item.source)}\t{_field(str(item.label))}\t{item.probability:.4f}\n")
             else:
-                out.write(f"{item.source}\tERROR\t{item.error}\n")
+                out.write(f"{_field(item.source)}\tERROR\t{_field(str(item.error))}\n")
         out.flush()
         chunk.clear()
 
@@ -59,6 +69,12 @@ def write_predictions(model: OnnxStudent, paths: Iterable[str], out: IO[str], *,
     if chunk:
         flush()
     return everything
+
+
+def _field(text: str) -> str:
+    """One tab-separated field: no tab, no line break, and printable whatever bytes the path held."""
+    text = text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return one_line(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _positive_int(text: str) -> int:
@@ -93,6 +109,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, stdin: IO[str] | None = None, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # odd values are reported once, in the refusal
+    if stdin is None:
+        try:
+            sys.stdin.reconfigure(errors="surrogateescape")  # a path in any bytes is still one input
+        except (AttributeError, ValueError, OSError):
+            pass
     model = OnnxStudent(args.model, providers=args.providers, threads=args.threads, verify=not args.no_verify)
     print(f"{model.path.name}: {len(model.class_names)} classes, {model.precision}, running on {model.provider}",
           file=sys.stderr)

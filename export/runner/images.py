@@ -6,15 +6,16 @@ resized with Pillow's antialiased bilinear filter. Anything that would give a me
 :class:`InputError` with one line saying what is wrong and what to do: wrong channels, NaN, floats outside
 [0, 1], integer types whose range is ambiguous, unreadable or non-image files, absurd sizes.
 
-DICOM (``.dcm`` files, or any file with the ``DICM`` marker) is read with pydicom (``pip install
-'robust-student[dicom]'``): rescale slope/intercept (modality LUT), then the file's VOI LUT or window
-centre/width; without either, the image's own min-max; MONOCHROME1 is inverted so that bright means dense in
-every image. Needs only numpy and pillow (pydicom for DICOM): no torch.
+DICOM (``.dcm`` files, or any file with the ``DICM`` marker) is read by :mod:`.dicom` (pydicom >= 3): what the
+object is (SOP class, modality) is decided from its header before its pixels are read. A near-constant model
+input (blank, or an image entirely outside its own window) is refused: it would still get a label.
+Needs only numpy and pillow (pydicom for DICOM): no torch.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,13 @@ class ImageSpec:
     width: int
     min_side: int = 8
     max_pixels: int = 40_000_000
+    modalities: tuple[str, ...] | None = None  # DICOM Modality values the model takes (None: any image)
+    min_contrast: float = 2 / 255  # a model input whose max - min is smaller is refused as blank
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (messages go into tab-separated and JSON-lines output)."""
+    return " ".join(str(text).split())
 
 
 def describe(item: Any) -> str:
@@ -51,6 +59,8 @@ def describe(item: Any) -> str:
         return str(item)
     if isinstance(item, Image.Image):
         return f"<PIL image {item.mode} {item.width}x{item.height}>"
+    if _is_dataset(item):
+        return f"<DICOM {getattr(item, 'SOPInstanceUID', 'without SOPInstanceUID')}>"
     shape = getattr(item, "shape", None)
     dtype = getattr(item, "dtype", None)
     if shape is not None:
@@ -65,14 +75,23 @@ def load(item: Any, spec: ImageSpec) -> list[np.ndarray]:
     if isinstance(item, (str, os.PathLike)):
         images = [read_file(Path(item), spec)]
     elif isinstance(item, Image.Image):
-        _check_size(item.height, item.width, spec)
+        check_size(item.height, item.width, spec)
         images = [pil_to_hwc(item)]
+    elif _is_dataset(item):
+        from .dicom import dataset_to_hwc
+
+        images = [dataset_to_hwc(item, spec)]
     elif hasattr(item, "__array__") or isinstance(item, (list, tuple)):
         images = array_to_hwc(np.asarray(item))
     else:
         raise InputError(f"cannot use a {type(item).__name__} as an image: give a file path, a PIL image or an "
                          "array (HW, HWC, CHW or NCHW; uint8, uint16, or float in [0, 1])")
     return [fit(image, spec) for image in images]
+
+
+def _is_dataset(item: Any) -> bool:
+    """A pydicom Dataset (received over DICOMweb or DIMSE), recognised without importing pydicom."""
+    return type(item).__module__.startswith("pydicom.") and hasattr(item, "file_meta")
 
 
 def is_dicom(path: Path) -> bool:
@@ -93,18 +112,35 @@ def read_file(path: Path, spec: ImageSpec) -> np.ndarray:
     if not path.is_file():
         raise InputError("not a file (a folder?); give image files, one per input")
     if is_dicom(path):
+        from .dicom import read_dicom
+
         return read_dicom(path, spec)
     try:
-        with Image.open(path) as image:
-            _check_size(image.height, image.width, spec)  # from the header, before decoding the pixels
-            image.load()
-            return pil_to_hwc(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                check_size(image.height, image.width, spec)  # from the header, before decoding the pixels
+                image.load()
+                return pil_to_hwc(image)
+    except InputError:
+        raise
     except UnidentifiedImageError:
         raise InputError("not an image Pillow can read (PNG, JPEG, TIFF, BMP, ...) and not DICOM") from None
     except Image.DecompressionBombError as err:
-        raise InputError(f"absurdly large image ({err}); tile or downsample it first") from None
+        raise InputError(f"absurdly large image ({one_line(str(err))}); tile or downsample it first") from None
     except OSError as err:
-        raise InputError(f"cannot read the image (truncated or corrupt?): {err}") from None
+        raise InputError(f"cannot read the image (truncated or corrupt?): {one_line(str(err))}") from None
+    except Exception as err:  # noqa: BLE001 - Pillow's plugins raise SyntaxError, ValueError, struct.error, ...
+        raise InputError(f"cannot decode the image (corrupt?): {type(err).__name__}: {one_line(str(err))}") from None
+
+
+def check_contrast(chw: np.ndarray, spec: ImageSpec) -> None:
+    """Refuse a near-constant model input: it would be classified although it shows nothing."""
+    if chw.size and spec.min_contrast > 0:
+        low, high = float(chw.min()), float(chw.max())
+        if high - low < spec.min_contrast:
+            raise InputError(f"near-constant image (every model input value within [{low:.3f}, {high:.3f}]): "
+                             "blank, or entirely outside its window; nothing to classify")
 
 
 def pil_to_hwc(image: Image.Image) -> np.ndarray:
@@ -208,7 +244,7 @@ def fit(hwc: np.ndarray, spec: ImageSpec) -> np.ndarray:
         raise InputError(f"{channels} channels: expected 1 (grayscale), 3 (RGB) or 4 (RGBA)")
     if channels == 4:
         hwc = hwc[:, :, :3]  # alpha dropped
-    _check_size(hwc.shape[0], hwc.shape[1], spec)
+    check_size(hwc.shape[0], hwc.shape[1], spec)
     if spec.channels == 3 and hwc.shape[2] == 1:
         hwc = np.repeat(hwc, 3, axis=2)
     elif spec.channels == 1 and hwc.shape[2] == 3:
@@ -226,7 +262,7 @@ def _resize(channel: np.ndarray, spec: ImageSpec) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
-def _check_size(height: int, width: int, spec: ImageSpec) -> None:
+def check_size(height: int, width: int, spec: ImageSpec) -> None:
     if height < spec.min_side or width < spec.min_side:
         raise InputError(f"image is {width}x{height} px; a side under {spec.min_side} px carries too little to "
                          f"classify (the model takes {spec.width}x{spec.height})")
@@ -235,59 +271,5 @@ def _check_size(height: int, width: int, spec: ImageSpec) -> None:
                          "tile or downsample it first (whole-slide images need tiling)")
 
 
-# -- DICOM ----------------------------------------------------------------------------------------------------
-
-def read_dicom(path: Path, spec: ImageSpec) -> np.ndarray:
-    """A single-frame DICOM image as float32 HWC in [0, 1] (see the module docstring for the pixel pipeline)."""
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    except ImportError:
-        raise InputError("reading DICOM needs pydicom: pip install 'robust-student[dicom]' (or pip install "
-                         "pydicom)") from None
-    try:
-        ds = pydicom.dcmread(str(path))
-    except (InvalidDicomError, OSError, EOFError, ValueError) as err:
-        raise InputError(f"not a readable DICOM file: {err}") from None
-    if "PixelData" not in ds:
-        raise InputError("the DICOM file has no pixel data (a report or structured document?)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise InputError(f"multi-frame DICOM ({frames} frames): extract the frame to classify and pass it as an array")
-    rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    _check_size(rows, columns, spec)
-    try:
-        pixels = ds.pixel_array
-    except Exception as err:  # noqa: BLE001 - pydicom raises many types for missing decoders / bad data
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", syntax)
-        raise InputError(f"cannot decode the DICOM pixel data (transfer syntax {name}; compressed data needs a "
-                         f"pydicom decoder plugin such as pylibjpeg): {err}") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric in ("RGB",) or photometric.startswith("YBR"):  # pydicom returns YBR as RGB
-        bits = int(ds.get("BitsStored", 8) or 8)
-        return np.asarray(pixels, dtype=np.float32).reshape(rows, columns, 3) / float(2 ** bits - 1)
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise InputError(f"unsupported DICOM photometric interpretation {photometric!r} (MONOCHROME1/2, RGB and "
-                         "YBR are read)")
-    values = apply_modality_lut(pixels, ds).astype(np.float64)  # rescale slope / intercept
-    if ds.get("VOILUTSequence"):
-        depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        low, high = 0.0, float(2 ** depth - 1)
-        values = apply_voi_lut(values.astype(np.int64), ds).astype(np.float64)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        values = apply_voi_lut(values, ds, prefer_lut=False)
-        # The window's output range: what the window maps values far below and far above it to.
-        low, high = (float(v) for v in apply_voi_lut(np.array([-1e300, 1e300]), ds, prefer_lut=False))
-    else:
-        low, high = float(values.min()), float(values.max())  # no VOI in the file: the image's own range
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    scaled = np.clip(scaled, 0.0, 1.0).astype(np.float32)
-    if photometric == "MONOCHROME1":
-        scaled = 1.0 - scaled  # MONOCHROME1: the minimum is white
-    return scaled[:, :, None]
-
-
-__all__ = ["InputError", "ImageSpec", "load", "describe", "read_file", "read_dicom", "pil_to_hwc", "array_to_hwc",
-           "fit", "is_dicom"]
+__all__ = ["InputError", "ImageSpec", "load", "describe", "read_file", "pil_to_hwc", "array_to_hwc", "fit",
+           "is_dicom", "check_size", "check_contrast", "one_line"]

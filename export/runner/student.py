@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .digest import DigestError, model_digests
-from .images import ImageSpec, InputError, describe, load
+from .images import ImageSpec, InputError, check_contrast, describe, load, one_line
 
 FORMAT = "robust_student/onnx"
 INPUT_NAME = "pixel_values"
@@ -150,10 +150,14 @@ class OnnxStudent:
             after export is refused. ``verify=False`` loads any ONNX classifier with a ``[N, C, H, W]`` input.
         threads: onnxruntime intra-op threads (default: onnxruntime's choice).
         min_side, max_pixels: input size limits (see :class:`~.images.ImageSpec`).
+        modalities: the DICOM modalities the model takes (default: ``modalities`` in its metadata when there is
+            one; otherwise any image modality); other DICOM objects are refused.
+        min_contrast: a model input whose values all lie within this span is refused as blank (0: off).
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, *, verify: bool = True,
-                 threads: int | None = None, min_side: int = 8, max_pixels: int = 40_000_000) -> None:
+                 threads: int | None = None, min_side: int = 8, max_pixels: int = 40_000_000,
+                 modalities: Sequence[str] | None = None, min_contrast: float = 2 / 255) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -188,8 +192,11 @@ class OnnxStudent:
         if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
             raise ValueError(f"{self.path}: expected an image input [N, C, H, W] with fixed C, H, W; got {shape}")
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        if modalities is None:
+            modalities = _modalities(self.metadata.get("modalities"))
         self.spec = ImageSpec(channels=shape[1], height=shape[2], width=shape[3], min_side=min_side,
-                              max_pixels=max_pixels)
+                              max_pixels=max_pixels, modalities=tuple(m.upper() for m in modalities or ()) or None,
+                              min_contrast=float(min_contrast))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.num_classes = int(self.session.get_outputs()[0].shape[1]) if isinstance(
             self.session.get_outputs()[0].shape[1], int) else None
@@ -301,11 +308,12 @@ class OnnxStudent:
         return self.run(pixels, "embedding")
 
     def predict(self, images: Any, batch_size: int = 32, errors: str = "raise") -> Predictions:
-        """Classify ``images``: a file path, PIL image or array, or a sequence of them.
+        """Classify ``images``: a file path, PIL image, array or pydicom Dataset, or a sequence of them.
 
         Arrays may be HW, HWC, CHW or NCHW (each image of a batch is one result), uint8, uint16 or float in
         [0, 1]. With ``errors="raise"`` (default) the first bad input raises :class:`InputError` naming it;
-        with ``errors="skip"`` the batch keeps going and each bad input is a result with its ``error``.
+        with ``errors="skip"`` every input gets exactly one result, in order, whatever the batch size: its
+        prediction, or its one-line refusal in ``error`` (whatever raised it, a malformed header included).
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
@@ -315,11 +323,16 @@ class OnnxStudent:
         pending: list[tuple[Prediction, np.ndarray]] = []
         for source, item in _items(images):
             try:
-                pixels = load(item, self.spec)
-            except InputError as err:
+                with warnings.catch_warnings():  # pydicom warns about each odd value; the refusal says it once
+                    warnings.simplefilter("ignore")
+                    pixels = load(item, self.spec)
+                for image in pixels:
+                    check_contrast(image, self.spec)
+            except Exception as err:  # noqa: BLE001 - every per-item failure is that item's refusal
+                reason = refusal(err)
                 if errors == "raise":
-                    raise InputError(f"{source}: {err}") from None
-                results.items.append(Prediction(index=len(results.items), source=source, error=str(err)))
+                    raise InputError(f"{source}: {reason}") from None
+                results.items.append(Prediction(index=len(results.items), source=source, error=reason))
                 continue
             for k, image in enumerate(pixels):
                 name = source if len(pixels) == 1 else f"{source}[{k}]"
@@ -327,14 +340,21 @@ class OnnxStudent:
                 results.items.append(result)
                 pending.append((result, image))
             if len(pending) >= batch_size:
-                self._classify(pending)
+                self._classify(pending, errors)
                 pending = []
         if pending:
-            self._classify(pending)
+            self._classify(pending, errors)
         return results
 
-    def _classify(self, pending: list[tuple[Prediction, np.ndarray]]) -> None:
-        logits = self.logits(np.stack([image for _, image in pending]))
+    def _classify(self, pending: list[tuple[Prediction, np.ndarray]], errors: str = "raise") -> None:
+        try:
+            logits = self.logits(np.stack([image for _, image in pending]))
+        except Exception as err:  # noqa: BLE001 - onnxruntime's own types; every pending item gets the reason
+            if errors == "raise":
+                raise
+            for result, _ in pending:
+                result.error = f"the model failed on this batch: {refusal(err)}"
+            return
         for (result, _), row in zip(pending, _softmax(logits.astype(np.float64))):
             k = int(row.argmax())
             result.class_index = k
@@ -342,6 +362,22 @@ class OnnxStudent:
             result.class_name = self.class_names[k] if k < len(self.class_names) else result.label
             result.probability = float(row[k])
             result.probabilities = [float(p) for p in row]
+
+
+def refusal(err: BaseException) -> str:
+    """An exception as a one-line refusal: an :class:`InputError`'s own message, anything else with its type."""
+    text = one_line(str(err))
+    if isinstance(err, InputError):
+        return text
+    return f"unexpected {type(err).__name__}: {text}" if text else f"unexpected {type(err).__name__}"
+
+
+def _modalities(raw: Any) -> list[str]:
+    if isinstance(raw, str):
+        return [m.strip() for m in raw.replace(",", " ").split() if m.strip()]
+    if isinstance(raw, (list, tuple)):
+        return [str(m).strip() for m in raw if str(m).strip()]
+    return []
 
 
 def _items(images: Any) -> Iterable[tuple[str, Any]]:
@@ -355,4 +391,5 @@ def _items(images: Any) -> Iterable[tuple[str, Any]]:
         yield source, item
 
 
-__all__ = ["OnnxStudent", "Prediction", "Predictions", "TamperedModelError", "FORMAT", "INPUT_NAME", "FILENAMES"]
+__all__ = ["OnnxStudent", "Prediction", "Predictions", "TamperedModelError", "FORMAT", "INPUT_NAME", "FILENAMES",
+           "refusal"]
