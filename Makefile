@@ -10,12 +10,12 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: quickstart test install data bench clean
+.PHONY: quickstart test install data browser docs docs-build bench clean
 
 quickstart: install data
 	$(PY) -m robust_student.cli quickstart
 
-test: install data
+test: install data browser docs-build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -39,8 +39,28 @@ data:
 		exit 1; \
 	fi
 
+# Headless Chromium (Debian) for the demo's real-browser test: installed when running as root, otherwise
+# explained in one line (without it that one test is skipped, with the reason).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "Installing Chromium and its driver (Debian packages chromium, chromium-driver) for the demo's browser test"; \
+		apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+		 { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		 echo "warning: could not install chromium; the demo's browser test will be skipped"; \
+	else \
+		echo "Chromium is missing, so the demo's browser test will be skipped; to run it: sudo apt-get install chromium chromium-driver"; \
+	fi
+
+# The documentation site (mkdocs.yml, docs/): docs-build fails on broken links and references; docs also serves it.
+docs-build: install
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+docs: docs-build
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
+
 bench: install data
 	$(PY) benchmarks/attack_speed.py
 
 clean:
-	rm -rf $(VENV) runs/quickstart .pytest_cache
+	rm -rf $(VENV) runs/quickstart .pytest_cache site build/api_src
