@@ -112,4 +112,8 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path: Path) -> N
     # the metrics file of the resumed run reads like the uninterrupted one (no duplicated records)
     lines = [json.loads(x) for x in (interrupted / "metrics.jsonl").read_text().splitlines()]
     ref_lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
-    assert lines == ref_lines
+    clocks = ("train_seconds", "cpu_seconds")  # measurements: they continue across the resume, not equal
+    assert [{k: v for k, v in r.items() if k not in clocks} for r in lines] == \
+        [{k: v for k, v in r.items() if k not in clocks} for r in ref_lines]
+    evals = [r for r in lines if r["kind"] == "eval"]
+    assert evals and all(r["train_seconds"] > 0 and r["cpu_seconds"] > 0 for r in evals)

@@ -250,12 +250,14 @@ class Trainer:
 
         start_epoch, start_batch, step = 0, 0, 0
         history: list[dict[str, Any]] = []
+        self._clock = _RunClock()
         latest = ckpt.latest_intact_checkpoint(out_dir)[0] if resume else None
         if latest is not None:
             check_resumable(latest, self.config.to_dict())
             position = load_checkpoint(latest, acc, raw_unit, optimizer, scheduler)
             start_epoch, start_batch, step = position["epoch"], position["batch"], position["step"]
             history = position.get("history", [])
+            self._clock = _RunClock(position.get("train_seconds", 0.0), position.get("cpu_seconds", 0.0))
             logger.info("resuming from %s (epoch %d, batch %d, step %d)", latest, start_epoch, start_batch, step)
         elif resume:
             logger.info("no checkpoint in %s; starting from scratch", out_dir)
@@ -312,7 +314,7 @@ class Trainer:
             last = epoch + 1 == cfg.epochs
             if self._validates() and cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
                 # The main process validates; every process keeps the same record in its history.
-                found = [validate(raw_unit.student, self.val_set, self.config, acc.device)
+                found = [{**self._clock.read(), **validate(raw_unit.student, self.val_set, self.config, acc.device)}
                          if acc.is_main_process else None]
                 record = {"kind": "eval", "epoch": epoch, "step": step, **broadcast_object_list(found)[0]}
                 history.append(record)
@@ -378,6 +380,7 @@ class Trainer:
             ckpt.write_part(staging, "trainer", meta={
                 "format": ckpt.FORMAT_VERSION, "epoch": epoch, "batch": batch, "step": step,
                 "num_processes": acc.num_processes, "history": history, "config": self.config.to_dict(),
+                **self._clock.read(),
             })
             ckpt.commit(staging)
             run.committed()
@@ -473,6 +476,20 @@ def validate(student: nn.Module, val_set: Dataset, config: DistillConfig,
 
 
 # -- logging -----------------------------------------------------------------------------------------------
+
+class _RunClock:
+    """Training time of a run across resumes, for learning curves against compute: wall seconds and this
+    (main) process's CPU seconds (all its threads), each continued from the checkpoint a run resumes from.
+    Measurements, not state: a resumed run's numbers differ from an uninterrupted one's."""
+
+    def __init__(self, wall_before: float = 0.0, cpu_before: float = 0.0) -> None:
+        self.wall_before, self.cpu_before = wall_before, cpu_before
+        self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def read(self) -> dict[str, float]:
+        return {"train_seconds": round(self.wall_before + time.perf_counter() - self.wall_start, 1),
+                "cpu_seconds": round(self.cpu_before + time.process_time() - self.cpu_start, 1)}
+
 
 class _MetricsLog:
     """``metrics.jsonl`` (main process) plus accelerate trackers. On resume, records after the checkpoint
