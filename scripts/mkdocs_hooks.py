@@ -9,6 +9,7 @@ cannot see. Before the build this writes ``build/api_src/robust_student/``: a sy
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -35,3 +36,11 @@ def on_startup(command: str, dirty: bool) -> None:  # mkdocs hook: runs once, be
 
 def on_pre_build(config) -> None:  # and again for each rebuild of `mkdocs serve`
     layout()
+
+
+_ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|exc|obj):\s*(?=<code)")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Docstrings use Sphinx roles (``:func:`name```); the rendered name keeps its code style, the role goes."""
+    return _ROLE.sub("", html)
