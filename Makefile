@@ -20,9 +20,11 @@ test: install data browser docs-build
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# The torch-free runtime (runtime/) first, editable: the SDK depends on it and it is not on PyPI.
+$(STAMP): pyproject.toml runtime/pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check $(TORCH)
+	$(PIP) install --quiet --disable-pip-version-check -e "./runtime[dicom,pacs,test]"
 	$(PIP) install --quiet --disable-pip-version-check -e ".[all]"
 	touch $(STAMP)
 

@@ -111,11 +111,10 @@ BLOCKED_CHILD = textwrap.dedent('''
             return None
 
     sys.meta_path.insert(0, Refuse())
-    sys.path.insert(0, sys.argv[1])
     model_path, d = sys.argv[2], sys.argv[3]
     import numpy as np
     from PIL import Image
-    from runner import InputError, OnnxStudent
+    from robust_student_runtime import InputError, OnnxStudent
 
     m = OnnxStudent(model_path)
     out = {"provider": m.provider, "verified": m.verified, "labels": m.labels}
@@ -251,7 +250,7 @@ def test_dicom_without_pydicom_says_how_to_install(model, tmp_path, monkeypatch)
     pytest.importorskip("pydicom")
     path = write_dicom(tmp_path / "cr.dcm", np.zeros((16, 16)), photometric="MONOCHROME2")
     monkeypatch.setitem(sys.modules, "pydicom", None)
-    with pytest.raises(InputError, match=r"pip install 'robust-student\[dicom\]'"):
+    with pytest.raises(InputError, match=r"pip install 'robust-student-runtime\[dicom\]'"):
         OnnxStudent(model[2]).predict(path)
 
 
@@ -294,3 +293,36 @@ def test_standalone_runner_cli_matches_the_robust_student_cli(model, files, caps
     standalone = capsys.readouterr().out
     assert main(["predict", *argv]) == 0
     assert capsys.readouterr().out == standalone and len(standalone.splitlines()) == 2
+
+
+CHILD_SDK_PREDICT = textwrap.dedent('''
+    import sys
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "robust-student"]
+    code = script.load()(sys.argv[1:])
+    print("TORCH" if "torch" in sys.modules else "NO-TORCH", code, file=sys.stderr)
+''')
+
+
+def test_robust_student_predict_does_not_import_torch(model, files):
+    """The installed ``robust-student`` console script, run in a fresh interpreter: ``predict`` is the runtime's
+    code and never imports torch (4-5 s and ~700 MB saved per call); other commands still reach the SDK."""
+    argv = [str(model[2]), str(files / "rgb.png"), str(files / "scan.dcm"), "--jsonl"]
+    result = subprocess.run([sys.executable, "-c", CHILD_SDK_PREDICT, "predict", *argv], capture_output=True,
+                            text=True, timeout=120)
+    assert result.stderr.strip().splitlines()[-1] == "NO-TORCH 0", result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["source"] for line in lines] == argv[1:3] and all(line["error"] is None for line in lines)
+    other = subprocess.run([sys.executable, "-c", CHILD_SDK_PREDICT, "list", "--help"], capture_output=True,
+                           text=True, timeout=120)
+    assert "usage: robust-student list" in other.stdout, other.stderr[-2000:]
+
+
+def test_the_sdk_runner_is_the_runtime():
+    import robust_student_runtime
+    from robust_student.export import runner
+
+    assert runner.OnnxStudent is robust_student_runtime.OnnxStudent is OnnxStudent
+    assert runner.cli is robust_student_runtime.cli and sys.modules["robust_student.export.runner.dicom"] is \
+        robust_student_runtime.dicom

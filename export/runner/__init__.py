@@ -1,14 +1,19 @@
-"""The torch-free runner: ``OnnxStudent(path).predict(images)`` with onnxruntime, numpy and pillow only.
+"""The runner, re-exported from the torch-free ``robust-student-runtime`` distribution (``robust_student_runtime``).
 
-Nothing in this folder imports torch or the rest of robust_student (a test enforces it), so it also works
-copied on its own into a pipeline that has only onnxruntime: ``sys.path.insert(0, "<folder above it>");
-from runner import OnnxStudent``. DICOM needs pydicom (``pip install 'robust-student[dicom]'``).
+There is one implementation: ``robust_student.export.runner`` *is* ``robust_student_runtime`` (its submodules
+``cli``, ``digest``, ``dicom``, ``images`` and ``student`` are the same module objects), so code written
+against either name sees the same classes. Where torch must not be imported (an inference host), install
+``robust-student-runtime`` alone and ``from robust_student_runtime import OnnxStudent``: importing anything
+under ``robust_student`` runs its ``__init__``, which imports torch.
 """
 
-from .cli import write_predictions
-from .digest import DigestError, model_digests
-from .images import ImageSpec, InputError
-from .student import FILENAMES, FORMAT, OnnxStudent, Prediction, Predictions, TamperedModelError
+import sys as _sys
 
-__all__ = ["OnnxStudent", "Prediction", "Predictions", "InputError", "TamperedModelError", "ImageSpec",
-           "model_digests", "DigestError", "write_predictions", "FORMAT", "FILENAMES"]
+import robust_student_runtime as _runtime
+from robust_student_runtime import cli, dicom, digest, images, student  # noqa: F401
+from robust_student_runtime import *  # noqa: F401,F403
+
+for _name in ("cli", "dicom", "digest", "images", "student"):
+    _sys.modules[f"{__name__}.{_name}"] = getattr(_runtime, _name)  # one module, two names
+
+__all__ = list(_runtime.__all__)

@@ -1,7 +1,8 @@
-"""``python -m robust_student.export.runner model.onnx IMAGES... --jsonl`` (or a copy of this folder: torch-free)."""
+"""``python -m robust_student.export.runner model.onnx IMAGES... --jsonl`` (imports torch through robust_student's
+``__init__``; torch-free: ``python -m robust_student_runtime predict ...``)."""
 
 import sys
 
-from .cli import main
+from robust_student_runtime.cli import main
 
 sys.exit(main())

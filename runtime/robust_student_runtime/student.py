@@ -111,8 +111,12 @@ def _local_or_hub(source: str | os.PathLike, files: list[str]) -> Path:
     if Path(text).exists() or not (text.startswith("hf-hub:") or text.count("/") == 1 and not text.startswith(
             (".", "/", "~"))):
         return Path(text)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise FileNotFoundError(f"{text} is not a local folder; fetching it from the Hugging Face Hub needs "
+                                "huggingface_hub: pip install 'robust-student-runtime[hub]'") from None
 
     repo_id = text.removeprefix("hf-hub:")
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it once, at import

@@ -23,9 +23,9 @@ pydicom = pytest.importorskip("pydicom")
 from PIL import Image  # noqa: E402
 
 import runtime_fixtures as fx  # noqa: E402
-from robust_student.export.runner import InputError, OnnxStudent, write_predictions  # noqa: E402
-from robust_student.export.runner import cli as runner_cli  # noqa: E402
-from robust_student.export.runner import dicom as rdicom  # noqa: E402
+from robust_student_runtime import InputError, OnnxStudent, write_predictions  # noqa: E402
+from robust_student_runtime import cli as runner_cli  # noqa: E402
+from robust_student_runtime import dicom as rdicom  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_any_exception_while_loading_becomes_a_one_line_refusal(model, tmp_path,
     error = _one(model, str(tmp_path / "a.png"))
     assert error == "cannot decode the image (corrupt?): SyntaxError: broken PNG chunk"
 
-    from robust_student.export.runner import student as rstudent
+    from robust_student_runtime import student as rstudent
 
     def explode(item, spec):
         raise KeyError("odd\tthing\nhappened")
@@ -233,7 +233,7 @@ def test_compressed_dicom_is_decoded_and_a_missing_decoder_names_the_extra(model
                         property(lambda self: (_ for _ in ()).throw(RuntimeError("no plugin"))))
     error = _one(model, str(jpeg))
     assert error == ("(7FE0,0010) PixelData: transfer syntax JPEG Baseline (Process 1) (1.2.840.10008.1.2.4.50) "
-                     "needs a decoder that is not installed: pip install 'robust-student[dicom]'"), error
+                     "needs a decoder that is not installed: pip install 'robust-student-runtime[dicom]'"), error
 
 
 def test_undecodable_data_with_decoders_present_says_not_decodable(model, tmp_path):
@@ -264,7 +264,7 @@ def test_pydicom_2_is_refused_with_the_upgrade(model, tmp_path, monkeypatch):
     path = fx.save(fx.image_dataset(), tmp_path / "cr.dcm")
     monkeypatch.setattr(pydicom, "__version__", "2.4.4")
     assert _one(model, str(path)) == ("reading DICOM needs pydicom >= 3, found 2.4.4: pip install "
-                                      "'robust-student[dicom]' (or pip install -U 'pydicom>=3')")
+                                      "'robust-student-runtime[dicom]' (or pip install -U 'pydicom>=3')")
 
 
 def test_not_dicom_says_no_force_option(model, tmp_path):

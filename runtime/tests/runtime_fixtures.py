@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from robust_student.export.runner import digest as _digest
-from robust_student.export.runner.student import FORMAT, INPUT_NAME
+from robust_student_runtime import digest as _digest
+from robust_student_runtime.student import FORMAT, INPUT_NAME
 
 SIZE = 16
 CLASSES = ["normal", "effusion", "pneumothorax"]

@@ -1,7 +1,7 @@
 """``predict`` as a pipeline step: image paths in (arguments or stdin), one JSON line per image out.
 
-    python -m robust_student.export.runner model.onnx a.png b.dcm --jsonl
-    find scans -name '*.dcm' | robust-student predict model.onnx --jsonl
+    robust-student-runtime predict model.onnx a.png b.dcm --jsonl       # torch-free
+    find scans -name '*.dcm' | robust-student predict model.onnx --jsonl  # the SDK's command: the same code
 
 Each line holds ``source``, ``class_index``, ``label``, ``class_name``, ``probability`` and ``error`` (null when
 the image was classified). Every input gets exactly one line, in input order, whatever the batch size: its
@@ -126,15 +126,49 @@ def run(args: argparse.Namespace, stdin: IO[str] | None = None, out: IO[str] | N
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m robust_student.export.runner", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None, prog: str = "robust-student-runtime predict") -> int:
+    """``predict``: classify the images named in ``argv`` (or on stdin); exit 0, 2 (usage) or 3 (some failed)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return run(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError, ImportError) as err:
-        print(f"predict: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 
-__all__ = ["sources", "write_predictions", "add_arguments", "add_session_arguments", "run", "main", "SOME_FAILED"]
+USAGE = """usage: robust-student-runtime {predict} ...
+
+  predict MODEL [IMAGES...]   classify image files (PNG, JPEG, TIFF, DICOM); paths on stdin when none given
+
+Run 'robust-student-runtime <command> --help' for a command's options."""
+
+
+def entry(argv: Sequence[str] | None = None, prog: str = "robust-student-runtime") -> int:
+    """The ``robust-student-runtime`` command: ``predict`` (no command: ``predict``'s arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE.replace("robust-student-runtime", prog))
+        return 0 if argv else 2
+    if argv[0] == "predict":
+        return main(argv[1:], prog=f"{prog} predict")
+    return main(argv, prog=prog)
+
+
+def sdk_main(argv: Sequence[str] | None = None) -> int:
+    """The SDK's ``robust-student`` command: ``predict`` runs here, without importing torch (it is this
+    runtime's); every other command is ``robust_student.cli.main``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("predict",):
+        return entry(argv, prog="robust-student")
+    from robust_student.cli import main as sdk
+
+    return sdk(argv)
+
+
+__all__ = ["sources", "write_predictions", "add_arguments", "add_session_arguments", "run", "main", "entry",
+           "sdk_main", "SOME_FAILED"]

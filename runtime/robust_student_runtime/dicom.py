@@ -14,7 +14,7 @@
    A compressed transfer syntax without a decoder names what to install; with the decoders present it says
    the data is not decodable.
 
-pydicom >= 3 is required (``pip install 'robust-student[dicom]'``); the decoders for compressed transfer
+pydicom >= 3 is required (``pip install 'robust-student-runtime[dicom]'``); the decoders for compressed transfer
 syntaxes come with the same extra (pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-rle; JPEG baseline through
 Pillow). JPEG-LS and lossless JPEG need a GPL decoder (pylibjpeg-libjpeg) or python-gdcm, installed separately.
 """
@@ -29,7 +29,7 @@ import numpy as np
 
 from .images import ImageSpec, InputError, check_size, one_line
 
-DICOM_EXTRA = "pip install 'robust-student[dicom]'"
+DICOM_EXTRA = "pip install 'robust-student-runtime[dicom]'"
 PYDICOM_MIN = (3, 0)
 
 # The SOP classes whose pixel data is an image the model may see (PS3.4 B.5). Multi-frame objects of these
