@@ -49,7 +49,7 @@ MODELS: dict[str, dict[str, Any]] = {
               "step_size": 0.025, "random_start": "uniform"},
     "cnn": {"method": "pgd-at", "student": "resnet_tiny", "n_train": 55000, "epochs": 4, "lr": 3e-3, "steps": 0,
             "step_size": 0.0, "random_start": "none"},
-    "robust": {"method": "pgd-at", "student": "resnet_tiny", "n_train": 60000, "epochs": 8, "lr": 3e-3, "steps": 5,
+    "robust": {"method": "pgd-at", "student": "resnet_tiny", "n_train": 60000, "epochs": 6, "lr": 3e-3, "steps": 5,
                "step_size": 0.03, "random_start": "uniform"},
 }
 
@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", help="run folder (default runs/zoo/<model>)")
     p.add_argument("--out", help="where to write the teacher (default robust_student/teachers/weights/fmnist-clip-<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    p.add_argument("--train-only", action="store_true",
+                   help="stop after training (evaluate and ship later with --resume, which continues the finished run)")
     return p.parse_args(argv)
 
 
@@ -92,8 +94,10 @@ def zero_shot_robustness(teacher: torch.nn.Module, args: argparse.Namespace) -> 
     started = time.perf_counter()
     out: dict[str, Any] = {"clean_accuracy": zero_shot_accuracy(teacher, test, batch_size=500),
                            "clean_n": len(test), "eps": args.eps, "norm": "linf"}
+    # The masking checks run once: with the AutoAttack evaluation when there is one (so that its report, the
+    # one the model card shows, is the one `robust-student eval` reproduces), else with PGD-20.
     pgd = evaluate_robustness(teacher, test, ["clean", "pgd20"], threat, n_examples=args.n_pgd, batch_size=250,
-                              seed=0, progress=False, check_examples=200)
+                              seed=0, progress=False, checks=not args.n_aa, check_examples=200)
     out["pgd20"] = {"n": pgd.n_examples, "clean": pgd.clean_accuracy, "robust": pgd.robust_accuracy["pgd20"],
                     "checks_passed": pgd.checks_passed, "failed_checks": [c["name"] for c in pgd.failed_checks],
                     "settings": pgd.attack_settings["pgd20"]}
@@ -101,10 +105,15 @@ def zero_shot_robustness(teacher: torch.nn.Module, args: argparse.Namespace) -> 
              pgd.n_examples)
     if args.n_aa:
         aa = evaluate_robustness(teacher, test, ["clean", "pgd20", "autoattack"], threat, n_examples=args.n_aa,
-                                 batch_size=250, seed=0, checks=False, progress=False)
+                                 batch_size=250, seed=0, checks=True, check_examples=200, progress=True)
+        out["pgd20"].update(checks_passed=aa.checks_passed, failed_checks=[c["name"] for c in aa.failed_checks],
+                            checks_run_with="autoattack")
         out["autoattack"] = {"n": aa.n_examples, "clean": aa.clean_accuracy, "robust": aa.robust_accuracy["autoattack"],
                              "pgd20_same_images": aa.robust_accuracy["pgd20"],
-                             "settings": aa.attack_settings["autoattack"], "warnings": aa.warnings}
+                             "settings": aa.attack_settings["autoattack"], "warnings": aa.warnings,
+                             "report": aa.to_dict(),
+                             "rerun": f"robust-student eval --model <this teacher> --attacks clean pgd20 autoattack "
+                                      f"--eps {args.eps} --n-examples {args.n_aa} --batch-size 250 --seed 0"}
         log.info("AutoAttack %.4f (n=%d)", out["autoattack"]["robust"], aa.n_examples)
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["versions"] = pgd.versions
@@ -137,6 +146,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "student_dir": str(workdir / "student")}
 
 
+def write_card(folder: Path) -> Path:
+    """The teacher's model card (``README.md``) from its ``config.json`` and the AutoAttack evaluation report
+    recorded in its ``training.json`` (every number on it comes from that evaluation, none is typed in)."""
+    from robust_student.model_cards import render_model_card
+
+    config = json.loads((folder / "config.json").read_text())
+    record = json.loads((folder / "training.json").read_text())
+    report = record["zero_shot_test"].get("autoattack", {}).get("report")
+    if report is None:
+        raise SystemExit(f"{folder}/training.json has no AutoAttack report to put on a card: evaluate with --n-aa")
+    card = render_model_card(config, report, model_name=folder.name)
+    path = folder / "README.md"
+    card.save(path)
+    log.info("model card written to %s", path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -157,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model:
         raise SystemExit("give --model fare|tecoa|cnn|robust or --eval-only TEACHER")
     run = train(args)
+    if args.train_only:
+        return 0
     out = Path(args.out or WEIGHTS / f"fmnist-clip-{args.model}")
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
@@ -181,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "license": {"weights": "Apache-2.0", "data": "MIT (Fashion-MNIST, Zalando Research)"},
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_card(out)
     zs = record["zero_shot_test"]
     log.info("%s: clean %.4f, PGD-20 %.4f (n=%d)%s -> %s", out.name, zs["clean_accuracy"], zs["pgd20"]["robust"],
              zs["pgd20"]["n"], f", AutoAttack {zs['autoattack']['robust']:.4f} (n={zs['autoattack']['n']})"
