@@ -38,6 +38,15 @@ ALIAS_WHERE = ("the open_clip weights named in the summary, from the local Huggi
                "with network access; robust_student itself never downloads during a run).")
 
 
+def builtin_teachers() -> list[str]:
+    """The teachers the package registers (not ones a program or a test registers at run time)."""
+    from robust_student import list_teachers
+    from robust_student.teachers import TEACHERS
+
+    return [name for name in list_teachers()
+            if (getattr(TEACHERS._items[name], "__module__", "") or "").startswith("robust_student.")]
+
+
 def _percent(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
 
@@ -103,7 +112,7 @@ def page(name: str) -> str:
 
 
 def index() -> str:
-    from robust_student import describe_teacher, list_teachers
+    from robust_student import describe_teacher
 
     lines = ["# Teachers", "",
              "Every teacher robust_student knows, with its licence. A teacher is named by a spec string "
@@ -111,7 +120,7 @@ def index() -> str:
              "same list. Students inherit the terms of the teacher they are distilled from.", "",
              "| teacher | spec | licence | commercial use |", "|---|---|---|---|"]
     commercial = {True: "yes", False: "no", None: "per weights"}
-    for name in list_teachers():
+    for name in builtin_teachers():
         d = describe_teacher(name)
         lines.append(f"| [`{name}`]({name}.md) | `{d['usage'].replace('|', '&#124;')}` | "
                      f"{d['license'] or 'per weights'} | {commercial[d['commercial_use']]} |")
@@ -119,10 +128,8 @@ def index() -> str:
 
 
 def pages() -> dict[Path, str]:
-    from robust_student import list_teachers
-
     out = {OUT / "index.md": index()}
-    for name in list_teachers():
+    for name in builtin_teachers():
         out[OUT / f"{name}.md"] = page(name)
     return out
 
