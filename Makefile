@@ -10,12 +10,12 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: quickstart test install data browser docs docs-build bench clean
+.PHONY: quickstart test install data browser orthanc docs docs-build bench clean
 
 quickstart: install data
 	$(PY) -m robust_student.cli quickstart
 
-test: install data browser docs-build
+test: install data browser orthanc docs-build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -39,6 +39,19 @@ data:
 		echo "Fashion-MNIST is missing. Run: sudo apt-get install dataset-fashion-mnist"; \
 		echo "(or put the four idx .gz files in a folder and set ROBUST_STUDENT_FASHION_MNIST=/that/folder)"; \
 		exit 1; \
+	fi
+
+# Debian's Orthanc and its DICOMweb plugin for the PACS node's tests (each starts a real one on loopback):
+# installed when running as root, otherwise those tests are skipped with the reason.
+orthanc:
+	@if command -v Orthanc >/dev/null && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "Installing Orthanc (Debian packages orthanc, orthanc-dicomweb) for the PACS node's tests"; \
+		(apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null)) || \
+		 echo "warning: could not install Orthanc; the PACS node's tests will be skipped"; \
+	else \
+		echo "Orthanc is missing, so the PACS node's tests will be skipped; to run them: sudo apt-get install orthanc orthanc-dicomweb"; \
 	fi
 
 # Headless Chromium (Debian) for the demo's real-browser test: installed when running as root, otherwise

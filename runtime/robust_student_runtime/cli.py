@@ -141,29 +141,35 @@ def main(argv: Sequence[str] | None = None, prog: str = "robust-student-runtime 
         return 2
 
 
-USAGE = """usage: robust-student-runtime {predict} ...
+USAGE = """usage: robust-student-runtime {predict,pacs} ...
 
   predict MODEL [IMAGES...]   classify image files (PNG, JPEG, TIFF, DICOM); paths on stdin when none given
+  pacs run --url URL ...      query/retrieve from a DICOMweb archive, predict, store a DICOM SR back
+  pacs listen --port P ...    a C-STORE SCP that predicts once a series is complete
 
 Run 'robust-student-runtime <command> --help' for a command's options."""
 
 
 def entry(argv: Sequence[str] | None = None, prog: str = "robust-student-runtime") -> int:
-    """The ``robust-student-runtime`` command: ``predict`` (no command: ``predict``'s arguments)."""
+    """The ``robust-student-runtime`` command: ``predict`` or ``pacs`` (no command: ``predict``'s arguments)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE.replace("robust-student-runtime", prog))
         return 0 if argv else 2
     if argv[0] == "predict":
         return main(argv[1:], prog=f"{prog} predict")
+    if argv[0] == "pacs":
+        from .pacs.cli import main as pacs_main
+
+        return pacs_main(argv[1:], prog=f"{prog} pacs")
     return main(argv, prog=prog)
 
 
 def sdk_main(argv: Sequence[str] | None = None) -> int:
-    """The SDK's ``robust-student`` command: ``predict`` runs here, without importing torch (it is this
-    runtime's); every other command is ``robust_student.cli.main``."""
+    """The SDK's ``robust-student`` command: ``predict`` and ``pacs`` run here, without importing torch (they
+    are this runtime's); every other command is ``robust_student.cli.main``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("predict",):
+    if argv and argv[0] in ("predict", "pacs"):
         return entry(argv, prog="robust-student")
     from robust_student.cli import main as sdk
 

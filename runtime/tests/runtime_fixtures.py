@@ -23,7 +23,7 @@ def make_model(path: Path, *, classes: list[str] = CLASSES, size: int = SIZE, se
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    weight = rng.normal(0, 1, (3 * size * size, len(classes))).astype(np.float32)
+    weight = rng.normal(0, 0.05, (3 * size * size, len(classes))).astype(np.float32)
     bias = rng.normal(0, 0.1, (len(classes),)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Flatten", [INPUT_NAME], ["flat"], axis=1),

@@ -1,0 +1,165 @@
+"""The archive over DICOMweb (dicomweb-client): QIDO-RS search, WADO-RS retrieve, STOW-RS store.
+
+Transient failures (connection refused or reset, timeouts, HTTP 408, 429, 500, 502, 503, 504) are retried with
+exponential backoff, a bounded number of times, then raised as :class:`ArchiveUnavailable`; a permanent answer
+(any other 4xx, a STOW FailedSOPSequence) is never retried and raised as :class:`ArchiveRejected`. A store of
+an instance the archive already holds is a success either way it is answered: Orthanc answers 200 and keeps its
+copy, other archives answer 409 (then the node checks that the instance is there).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+# QIDO attribute tags (hex) of an instance row
+TAGS = {"SOPClassUID": "00080016", "SOPInstanceUID": "00080018", "StudyInstanceUID": "0020000D",
+        "SeriesInstanceUID": "0020000E", "Modality": "00080060", "InstanceNumber": "00200013",
+        "StudyDate": "00080020", "SeriesNumber": "00200011"}
+
+
+class ArchiveError(RuntimeError):
+    """The archive could not do what was asked (the message is one line, without credentials)."""
+
+
+class ArchiveUnavailable(ArchiveError):
+    """Transient failures persisted through every retry."""
+
+
+class ArchiveRejected(ArchiveError):
+    """A permanent rejection (never retried)."""
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    study: str
+    series: str
+    sop: str
+    sop_class: str
+    modality: str
+    number: int = 0
+
+    @classmethod
+    def from_qido(cls, row: dict[str, Any]) -> "InstanceRef":
+        def get(name: str) -> str:
+            values = (row.get(TAGS[name]) or {}).get("Value") or [""]
+            return str(values[0])
+
+        try:
+            number = int(float(get("InstanceNumber") or 0))
+        except ValueError:
+            number = 0
+        return cls(get("StudyInstanceUID"), get("SeriesInstanceUID"), get("SOPInstanceUID"), get("SOPClassUID"),
+                   get("Modality").upper(), number)
+
+
+def _status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _is_transient(err: BaseException) -> bool:
+    import requests
+
+    if isinstance(err, (requests.ConnectionError, requests.Timeout)):
+        return True
+    status = _status(err)
+    return status in TRANSIENT_STATUS
+
+
+class Archive:
+    """A DICOMweb archive at ``url`` (e.g. ``http://127.0.0.1:8042/dicom-web``) with HTTP basic auth."""
+
+    def __init__(self, url: str, user: str | None = None, password: str | None = None, *, retries: int = 4,
+                 backoff: float = 0.5, timeout: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        self.url = url.rstrip("/")
+        self.user = user
+        session = requests.Session()
+        if user is not None:
+            session.auth = (user, password or "")
+        self.client = DICOMwebClient(self.url, session=session, timeout=timeout)
+        self.client.set_http_retry_params(retry=False)  # retried here, on transient failures only
+        self.retries, self.backoff, self.sleep = int(retries), float(backoff), sleep
+        self.attempts = 0  # every HTTP call tried, retries included (for the tests and the audit)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        for attempt in range(self.retries + 1):
+            self.attempts += 1
+            try:
+                return fn()
+            except Exception as err:  # noqa: BLE001 - requests / dicomweb-client raise many types
+                if not _is_transient(err):
+                    status = _status(err)
+                    raise ArchiveRejected(f"{what}: rejected by {self.url}"
+                                          f"{f' (HTTP {status})' if status else ''}: {_one_line(err)}") from None
+                if attempt == self.retries:
+                    raise ArchiveUnavailable(f"{what}: {self.url} unavailable after {self.retries + 1} attempts "
+                                             f"({_one_line(err)})") from None
+                self.sleep(self.backoff * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    # -- QIDO-RS ----------------------------------------------------------------------------------------------
+    def search(self, *, study: str | None = None, since: str | None = None,
+               modalities: Iterable[str] | None = None) -> list[InstanceRef]:
+        """Every instance matching the filters, sorted by study, series, instance number and UID."""
+        filters: dict[str, Any] = {}
+        if since:
+            filters["StudyDate"] = f"{since.replace('-', '')}-"
+        fields = list(TAGS)
+        queries = [dict(filters, Modality=m) for m in modalities] if modalities else [filters]
+        rows: dict[str, InstanceRef] = {}
+        for query in queries:
+            found = self._call("QIDO-RS search", lambda q=query: self.client.search_for_instances(
+                study_instance_uid=study, fields=fields, search_filters=q, get_remaining=True))
+            for row in found:
+                ref = InstanceRef.from_qido(row)
+                if ref.sop:
+                    rows[ref.sop] = ref
+        return sorted(rows.values(), key=lambda r: (r.study, r.series, r.number, r.sop))
+
+    def exists(self, study: str, sop: str) -> bool:
+        """Whether the archive holds instance ``sop`` in ``study`` (QIDO-RS)."""
+        found = self._call("QIDO-RS lookup", lambda: self.client.search_for_instances(
+            study_instance_uid=study, search_filters={"SOPInstanceUID": sop}, fields=["SOPInstanceUID"]))
+        return any(InstanceRef.from_qido(row).sop == sop for row in found)
+
+    # -- WADO-RS ----------------------------------------------------------------------------------------------
+    def retrieve(self, ref: InstanceRef) -> Any:
+        return self._call(f"WADO-RS retrieve {ref.sop}", lambda: self.client.retrieve_instance(
+            ref.study, ref.series, ref.sop))
+
+    # -- STOW-RS ----------------------------------------------------------------------------------------------
+    def store(self, dataset: Any) -> str:
+        """Store ``dataset``; ``"stored"``, or ``"already stored"`` (a 409 for an instance the archive holds)."""
+        study, sop = str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
+
+        def post() -> Any:
+            return self.client.store_instances([dataset], study_instance_uid=study)
+
+        try:
+            answer = self._call(f"STOW-RS store {sop}", post)
+        except ArchiveRejected as err:
+            if "(HTTP 409)" in str(err) and self.exists(study, sop):
+                return "already stored"
+            raise
+        failed = getattr(answer, "FailedSOPSequence", None) if answer is not None else None
+        if failed:
+            reasons = ", ".join(f"{item.get('ReferencedSOPInstanceUID', '?')}: 0x{int(item.get('FailureReason', 0)):04X}"
+                                for item in failed)
+            raise ArchiveRejected(f"STOW-RS store {sop}: the archive refused it ({reasons})")
+        return "stored"
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] if text else type(err).__name__
+
+
+__all__ = ["Archive", "InstanceRef", "ArchiveError", "ArchiveUnavailable", "ArchiveRejected", "TRANSIENT_STATUS"]

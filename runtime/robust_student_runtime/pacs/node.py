@@ -1,0 +1,193 @@
+"""The node's job: find instances, decide, retrieve, predict, report, store; once per (instance, model).
+
+For each instance the archive lists (QIDO-RS), in study / series / instance order:
+
+1. already in ``results.jsonl`` for this model digest: skipped (a rerun or a restart does nothing twice);
+2. not an image storage SOP class, or an SR / PR / SEG / KO / RT object (the node's own SRs included): refused
+   from the search attributes alone, never retrieved;
+3. its SR (UIDs derived from the instance and the model digest) already in the archive: recorded as
+   ``already stored`` without predicting (a restart after a kill between store and record);
+4. retrieved (WADO-RS), predicted in batches with :meth:`OnnxStudent.predict` (every refusal of the runner is
+   that instance's one-line result and the batch goes on), reported as a TID 1500 SR and stored (STOW-RS).
+
+Transient archive failures are retried with backoff (see :mod:`.dicomweb`); when they persist the job stops
+with one clear error and nothing half written (no result line for an instance whose SR was not stored).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..dicom import IMAGE_STORAGE, NEVER_MODALITIES, sop_class_name
+from ..images import one_line
+from ..student import OnnxStudent, Prediction
+from .report import build_sr, model_identity, result_uids
+from .state import JobState
+
+KILL_AFTER_STORES = "ROBUST_STUDENT_PACS_KILL_AFTER_STORES"  # fault injection for the restart test only
+
+
+@dataclass
+class Counts:
+    stored: int = 0
+    already: int = 0
+    refused: int = 0
+    skipped: int = 0
+    seen: set = field(default_factory=set)
+
+    def line(self) -> str:
+        return (f"{self.stored} SR(s) stored, {self.already} already in the archive, {self.refused} refused, "
+                f"{self.skipped} done before")
+
+
+def header_refusal(sop_class: str, modality: str) -> str | None:
+    """Why an instance must not be classified, from its SOP class and modality alone (None: retrieve it)."""
+    if modality.upper() in NEVER_MODALITIES:
+        return f"(0008,0060) Modality is {modality.upper()}: not an image to classify (the node never runs on " \
+               "SR, PR, SEG, KO or RT objects, its own output included)"
+    if sop_class not in IMAGE_STORAGE:
+        return f"SOP class {sop_class_name(sop_class)} ({sop_class or 'missing'}) is not an image storage class " \
+               "this model reads"
+    return None
+
+
+def _source(ref: Any) -> dict[str, str]:
+    return {"study": ref.study, "series": ref.series, "sop": ref.sop, "sop_class": ref.sop_class,
+            "modality": ref.modality}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Reporter:
+    """Predict -> SR -> store -> record, for datasets in hand (shared by ``pacs run`` and ``pacs listen``)."""
+
+    def __init__(self, model: OnnxStudent, state: JobState, store: Callable[[Any], str], *, top_k: int = 3,
+                 batch_size: int = 16, destination: str = "", log: Callable[[str], None] = _log) -> None:
+        self.model, self.state, self.store = model, state, store
+        self.top_k, self.batch_size, self.destination, self.log = top_k, batch_size, destination, log
+        self.identity = model_identity(model)
+        self.digest = self.identity["weights_sha256"]
+        self.counts = Counts()
+        self._stores = 0
+        self._kill_after = int(os.environ.get(KILL_AFTER_STORES, "0") or 0)
+
+    def refuse(self, ref: Any, reason: str) -> None:
+        reason = one_line(reason)
+        self.state.result({"source": _source(ref), "status": "refused", "error": reason})
+        self.state.audit("refused", source=_source(ref), error=reason)
+        self.counts.refused += 1
+        self.log(f"{ref.sop}: refused: {reason}")
+
+    def report(self, pairs: Sequence[tuple[Any, Any]]) -> None:
+        """``pairs`` of (reference, dataset): predicted together, then reported and stored one by one."""
+        if not pairs:
+            return
+        predictions = self.model.predict([ds for _, ds in pairs], batch_size=self.batch_size, errors="skip")
+        for (ref, ds), prediction in zip(pairs, predictions):
+            self._one(ref, ds, prediction)
+
+    def _one(self, ref: Any, ds: Any, prediction: Prediction) -> None:
+        if not prediction.ok:
+            self.refuse(ref, str(prediction.error))
+            return
+        try:
+            sr = build_sr(ds, prediction, self.model, top_k=self.top_k)
+        except Exception as err:  # noqa: BLE001 - highdicom refuses odd source attributes: that item's refusal
+            self.refuse(ref, f"cannot build the report: {type(err).__name__}: {one_line(str(err))}")
+            return
+        uids = result_uids(ref.sop, self.digest)
+        try:
+            status = self.store(sr)
+        except Exception as err:
+            self.state.audit("store failed", source=_source(ref), sr_sop=uids.sop, destination=self.destination,
+                             error=one_line(str(err)))
+            raise
+        self._stores += 1
+        if self._kill_after and self._stores >= self._kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # the worst moment: stored, not yet recorded
+        probabilities = prediction.probabilities or []
+        ranked = sorted(range(len(probabilities)), key=lambda k: -probabilities[k])[:self.top_k]
+        top = [{"class_index": k, "label": self.model.labels[k] if k < len(self.model.labels) else str(k),
+                "probability": probabilities[k]} for k in ranked]
+        record = {"source": _source(ref), "status": status, "label": prediction.label,
+                  "class_index": prediction.class_index, "probability": prediction.probability, "top_k": top,
+                  "sr_series": uids.series, "sr_sop": uids.sop, "error": None}
+        self.state.result(record)
+        self.state.audit("stored SR", source=_source(ref), sr_series=uids.series, sr_sop=uids.sop,
+                         store_status=status, destination=self.destination, label=prediction.label,
+                         probability=prediction.probability)
+        if status == "stored":
+            self.counts.stored += 1
+        else:
+            self.counts.already += 1
+        self.log(f"{ref.sop}: {prediction.label} {prediction.probability:.4f} -> SR {uids.sop} ({status})")
+
+
+def _retrieved(archive: Any, reporter: Reporter, refs: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """(ref, dataset) for each ref; an instance the archive refuses to give is that instance's refusal (an
+    unavailable archive stops the job)."""
+    from .dicomweb import ArchiveRejected
+
+    pairs = []
+    for ref in refs:
+        try:
+            pairs.append((ref, archive.retrieve(ref)))
+        except ArchiveRejected as err:
+            reporter.refuse(ref, f"cannot retrieve it: {err}")
+    return pairs
+
+
+def run_job(archive: Any, model: OnnxStudent, state: JobState, *, study: str | None = None,
+            since: str | None = None, modalities: Sequence[str] | None = None, batch_size: int = 16,
+            top_k: int = 3, watch: bool = False, interval: float = 10.0, stop: threading.Event | None = None,
+            log: Callable[[str], None] = _log) -> Counts:
+    """One pass over the archive (or, with ``watch``, passes every ``interval`` seconds until ``stop``)."""
+    stop = stop or threading.Event()
+    reporter = Reporter(model, state, archive.store, top_k=top_k, batch_size=batch_size, destination=archive.url,
+                        log=log)
+    state.audit("job started", archive=archive.url, study=study, since=since, modalities=list(modalities or []),
+                model=str(model.path), model_name=reporter.identity["name"],
+                validation_status=reporter.identity["validation_status"])
+    while True:
+        refs = archive.search(study=study, since=since, modalities=modalities)
+        pending = []
+        for ref in refs:
+            if ref.sop in reporter.counts.seen:
+                continue
+            if state.is_done(ref.sop):
+                reporter.counts.skipped += 1
+                reporter.counts.seen.add(ref.sop)
+                continue
+            reporter.counts.seen.add(ref.sop)
+            reason = header_refusal(ref.sop_class, ref.modality)
+            if reason:
+                reporter.refuse(ref, reason)
+            elif archive.exists(ref.study, result_uids(ref.sop, reporter.digest).sop):
+                uids = result_uids(ref.sop, reporter.digest)
+                state.result({"source": _source(ref), "status": "already stored", "sr_series": uids.series,
+                              "sr_sop": uids.sop, "error": None})
+                state.audit("found SR", source=_source(ref), sr_sop=uids.sop, store_status="already stored")
+                reporter.counts.already += 1
+                log(f"{ref.sop}: its SR {uids.sop} is already in the archive")
+            else:
+                pending.append(ref)
+            if len(pending) >= batch_size:
+                reporter.report(_retrieved(archive, reporter, pending))
+                pending = []
+            if stop.is_set():
+                break
+        reporter.report(_retrieved(archive, reporter, pending))
+        if not watch or stop.wait(interval):
+            break
+    state.audit("job finished", **{k: v for k, v in vars(reporter.counts).items() if k != "seen"})
+    return reporter.counts
+
+
+__all__ = ["run_job", "Reporter", "header_refusal", "Counts", "KILL_AFTER_STORES"]
