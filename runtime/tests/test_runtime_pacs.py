@@ -289,3 +289,81 @@ def test_a_tampered_model_refuses_to_start(orthanc, model_path, tmp_path, capsys
     code = run_node(orthanc, tampered, tmp_path / "job", "1.2.3")
     err = capsys.readouterr().err
     assert code == pacs_cli.USAGE and "digest does not match" in err and not (tmp_path / "job" / "results.jsonl").exists()
+
+
+def _send(port: int, datasets) -> list[int]:
+    """C-STORE ``datasets`` to the node's SCP as a PACS would (pynetdicom SCU)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="TESTPACS")
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RSNODE")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def _wait_for_port(port: int, process, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()[-2000:] if process.stderr else ""
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError("the SCP did not start")
+
+
+def test_pacs_listen_stores_acknowledges_and_reports_each_complete_series(orthanc, model_path, tmp_path):
+    import signal
+
+    from pydicom.uid import generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    images = [fx.image_dataset(seed=20 + k, study=study, series=series) for k in range(3)]
+    for k, ds in enumerate(images, start=1):
+        ds.InstanceNumber = k
+    report = fx.non_image("SR", study=study)
+    port = orthanc_server.free_port()
+    out = tmp_path / "listen"
+    env = {**os.environ, pacs_cli.PASSWORD_ENV: orthanc_server.PASSWORD}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "robust_student_runtime", "pacs", "listen", "--port", str(port), "--model",
+         str(model_path), "--url", orthanc.dicomweb, "--user", orthanc_server.USER, "--out", str(out),
+         "--stable-seconds", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_port(port, process)
+        assert _send(port, images[:2]) == [0, 0]
+        assert _send(port, [images[2], report]) == [0, 0]
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(srs_in(orthanc, study)) < 3:
+            time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == pacs_cli.SOME_REFUSED, err[-2000:]
+    srs = srs_in(orthanc, study)
+    model = OnnxStudent(model_path)
+    referenced = {str(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+                      .ReferencedSOPSequence[0].ReferencedSOPInstanceUID): sr for sr in srs}
+    assert sorted(referenced) == sorted(str(ds.SOPInstanceUID) for ds in images)
+    for ds in images:
+        expected = model.predict([ds])[0]
+        group = hd.sr.srread(_as_file(referenced[str(ds.SOPInstanceUID)])).content.get_image_measurement_groups()[0]
+        assert group.finding_type.meaning == expected.label
+        assert abs(group.get_measurements()[0].value - expected.probability) < 1e-5
+    results = read_lines(out / "results.jsonl")
+    assert sorted(r["status"] for r in results) == ["refused", "stored", "stored", "stored"]
+    assert not list((out / "spool").glob("*.dcm"))  # every spooled instance has its result line
+
+
+def _as_file(ds):
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    buffer.seek(0)
+    return buffer
