@@ -104,6 +104,7 @@ def build_sr(source: Any, prediction: Prediction, model: OnnxStudent, *, top_k: 
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=uids.device, name=identity["name"], manufacturer_name=MANUFACTURER,
             model_name=f"{identity['name']} {identity['version']}"[:64])))
+    source = _header(source)  # evidence and references need the header only, not megabytes of pixels
     probabilities = list(prediction.probabilities)
     ranked = sorted(range(len(probabilities)), key=lambda k: -probabilities[k])[:max(1, top_k)]
     source_image = hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
@@ -118,7 +119,7 @@ def build_sr(source: Any, prediction: Prediction, model: OnnxStudent, *, top_k: 
             finding_type=finding,
             algorithm_id=algorithm,
             measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(probabilities[k]), 6),
-                                            unit=codes.UCUM.NoUnits, algorithm_id=algorithm)],
+                                            unit=codes.UCUM.NoUnits)],  # the group's algorithm applies
             source_images=[source_image]))
     modality = str(getattr(source, "Modality", "") or "").upper()
     report = hd.sr.MeasurementReport(observation_context=observer, procedure_reported=_procedure(modality),
@@ -134,6 +135,21 @@ def build_sr(source: Any, prediction: Prediction, model: OnnxStudent, *, top_k: 
         series_description=SERIES_DESCRIPTION, is_complete=True, is_final=False, is_verified=False,
         contributing_equipment=[equipment])
     return sr
+
+
+BULK = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "OverlayData", "WaveformSequence")
+
+
+def _header(ds: Any) -> Any:
+    """A shallow copy of ``ds`` without its bulk data (what highdicom copies and references)."""
+    from pydicom.dataset import Dataset
+
+    header = Dataset()
+    for element in ds:
+        if element.keyword not in BULK and element.tag.group != 0x7FE0:
+            header.add(element)
+    header.file_meta = getattr(ds, "file_meta", Dataset())
+    return header
 
 
 def _derived(base: str, part: str) -> str:
