@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", help="run folder (default runs/zoo/<model>)")
     p.add_argument("--out", help="where to write the teacher (default robust_student/teachers/weights/fmnist-clip-<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    p.add_argument("--regression", metavar="TEACHER",
+                   help="only write TEACHER's regression guard (weights/TEACHER/regression.json: clean and PGD-20 "
+                        "accuracy on the first --n-regression test images, which tests/test_zoo.py reproduces)")
+    p.add_argument("--n-regression", type=int, default=100, help="test images of the regression guard")
     p.add_argument("--train-only", action="store_true",
                    help="stop after training (evaluate and ship later with --resume, which continues the finished run)")
     return p.parse_args(argv)
@@ -146,6 +150,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "student_dir": str(workdir / "student")}
 
 
+def regression_guard(name: str, n: int, eps: float) -> dict[str, Any]:
+    """Clean and PGD-20 zero-shot accuracy of a registered teacher on the first ``n`` test images: seconds to
+    measure, so a test can check that the shipped weights still give what they gave when they shipped."""
+    from robust_student import create_teacher, evaluate_robustness
+    from robust_student.config import ThreatConfig
+    from robust_student.data import build_dataset
+
+    teacher = create_teacher(name)
+    test = build_dataset("fashion-mnist", "test")
+    teacher.set_classes(test.prompts.classnames, test.prompts.templates)
+    report = evaluate_robustness(teacher, test.subset(range(n)), ["clean", "pgd20"], ThreatConfig(norm="linf", eps=eps),
+                                 n_examples=n, batch_size=n, seed=0, checks=False, progress=False)
+    return {"teacher": name, "images": f"the first {n} Fashion-MNIST test images", "n": report.n_examples,
+            "eps": eps, "norm": "linf", "seed": 0, "clean": report.clean_accuracy,
+            "pgd20": report.robust_accuracy["pgd20"], "settings": report.attack_settings["pgd20"]}
+
+
 def write_card(folder: Path) -> Path:
     """The teacher's model card (``README.md``) from its ``config.json`` and the AutoAttack evaluation report
     recorded in its ``training.json`` (every number on it comes from that evaluation, none is typed in)."""
@@ -171,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # this process is the script's: see robust_student.cpu_allocator (PGD-20 measured x1.88 faster)
     torch.set_num_threads(args.threads)
     command = " ".join(["scripts/train_fmnist_zoo.py"] + (argv if argv is not None else sys.argv[1:]))
+    if args.regression:
+        record = {"command": command, **regression_guard(args.regression, args.n_regression, args.eps)}
+        path = WEIGHTS / args.regression / "regression.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        log.info("%s: clean %.4f, PGD-20 %.4f on %d images -> %s", args.regression, record["clean"],
+                 record["pgd20"], record["n"], path)
+        return 0
     if args.eval_only:
         from robust_student import create_teacher
 
@@ -210,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     write_card(out)
+    log.info("next: register %s in robust_student/teachers/builtin.py ZOO, then write its regression guard with "
+             "--regression %s", out.name, out.name)
     zs = record["zero_shot_test"]
     log.info("%s: clean %.4f, PGD-20 %.4f (n=%d)%s -> %s", out.name, zs["clean_accuracy"], zs["pgd20"]["robust"],
              zs["pgd20"]["n"], f", AutoAttack {zs['autoattack']['robust']:.4f} (n={zs['autoattack']['n']})"

@@ -1,6 +1,6 @@
-"""The built-in teacher zoo (fmnist-clip-fare, fmnist-clip-tecoa, fmnist-clip-cnn): each ships as a small saved
-student with its training record, loads offline as a licensed teacher with fmnist-clip's text tower, and
-classifies Fashion-MNIST as its record says."""
+"""The built-in teacher zoo (robust_student.teachers.builtin.ZOO): each ships as a small saved student with its
+training record, loads offline as a licensed teacher with fmnist-clip's text tower, classifies Fashion-MNIST as its
+record says, and reproduces its committed regression guard (clean and PGD-20 on the first test images)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,25 @@ def test_loads_offline_as_a_licensed_teacher_with_fmnist_clips_text_tower(name):
     recorded = json.loads((WEIGHTS_DIR / name / "training.json").read_text())["zero_shot_test"]["clean_accuracy"]
     accuracy = zero_shot_accuracy(teacher, test.subset(range(1000)), batch_size=500)
     assert abs(accuracy - recorded) < 0.05  # the first 1000 test images vs the recorded 10,000
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_reproduces_its_committed_regression_guard(name):
+    """Clean and PGD-20 on the first test images, as `train_fmnist_zoo.py --regression` committed them."""
+    import importlib.util
+    from pathlib import Path
+
+    guard = json.loads((WEIGHTS_DIR / name / "regression.json").read_text())
+    assert guard["command"] == f"scripts/train_fmnist_zoo.py --regression {name} --threads 1" and guard["n"] >= 100
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_fmnist_zoo.py"
+    spec = importlib.util.spec_from_file_location("train_fmnist_zoo", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the guard was written
+    try:
+        now = module.regression_guard(name, guard["n"], guard["eps"])
+    finally:
+        torch.set_num_threads(threads)
+    one_image = 1 / guard["n"] + 1e-9  # float differences between CPUs may flip one borderline image
+    assert abs(now["clean"] - guard["clean"]) <= one_image and abs(now["pgd20"] - guard["pgd20"]) <= one_image
