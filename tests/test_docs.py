@@ -51,20 +51,54 @@ def blocks(text: str) -> list[tuple[str, str, int, int]]:
     return out
 
 
-def commands(body: str) -> list[str]:
-    """The commands of a bash block: continuation lines joined, comments and blank lines dropped."""
+SHELL_LANGS = ("bash", "sh", "shell", "console")
+# In a block of another language (text, none), a line is a command when it starts with one of these programs.
+PROGRAMS = {"make", "robust-student", "robust-student-runtime", "python", "python3", ".venv/bin/python", "pip",
+            "pip3", "accelerate", "bash", "apt-get", "sudo", "mkdocs", "export", ".", "source", "cd", "git", "curl",
+            "wget", "docker", "conda", "uv", "pytest"}
+OPERATORS = ("&&", "||", ";", "|")
+
+
+def commands(body: str, *, only_programs: bool = False) -> list[str]:
+    """The commands of a block: continuation lines joined, comments and blank lines dropped, ``a && b`` split.
+    ``only_programs``: keep only lines that start with a known program (a text block mixes commands and output;
+    ``robust-student fit: error: ...`` is output)."""
     joined = re.sub(r"\\\n\s*", " ", body)
     out = []
     for line in joined.splitlines():
-        words = shlex.split(line, comments=True)
-        if words:
-            out.append(shlex.join(words))
+        try:
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+            lexer.whitespace_split, lexer.commenters = True, "#"
+            words = list(lexer)
+        except ValueError:  # not shell (unbalanced quotes in output text)
+            if only_programs:
+                continue
+            raise
+        parts, current = [], []
+        for word in words:
+            if word in OPERATORS:
+                parts.append(current)
+                current = []
+            else:
+                current.append(word)
+        parts.append(current)
+        for part in (p for p in parts if p):
+            first = next((w for w in part if not re.match(r"^[A-Z_][A-Z0-9_]*=", w)), "")
+            if only_programs and (first not in PROGRAMS or (len(part) > 1 and part[1].endswith(":"))):
+                break  # output, not a command (and not the rest of that line either)
+            out.append(shlex.join(part))
     return out
 
 
 def bash_commands(path: Path) -> list[str]:
-    return [c for lang, body, *_ in blocks(path.read_text(encoding="utf-8")) if lang in ("bash", "sh", "shell")
-            for c in commands(body)]
+    """Every shell command shown in a file: all of a bash block, and the command lines of text blocks."""
+    out = []
+    for lang, body, *_ in blocks(path.read_text(encoding="utf-8")):
+        if lang in SHELL_LANGS:
+            out += commands(body)
+        elif lang in ("text", ""):
+            out += commands(body, only_programs=True)
+    return out
 
 
 def troubleshooting_pairs(text: str) -> list[tuple[str, str]]:
@@ -85,7 +119,13 @@ def _read(rel: str) -> str:
 
 
 def _tests_source() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "tests").glob("*.py")) if p.name != "test_docs.py")
+    files = [*sorted((ROOT / "tests").glob("*.py")), *sorted((ROOT / "runtime" / "tests").glob("*.py"))]
+    return "\n".join(p.read_text(encoding="utf-8") for p in files if p.name != "test_docs.py")
+
+
+def _code_source() -> str:
+    folders = ("robust_student", "export", "demo", "model_cards", "runtime/robust_student_runtime")
+    return "\n".join(p.read_text(encoding="utf-8") for folder in folders for p in sorted((ROOT / folder).rglob("*.py")))
 
 
 def make_targets() -> dict[str, tuple[list[str], str]]:
@@ -174,6 +214,36 @@ def check_robust_student(argv: list[str], tests_source: str, *, semantic: bool =
     return problems
 
 
+RUNTIME_EXERCISED = {  # how the tests call each runtime command
+    "predict": (r"runner_main\(|runner_cli\.main\(", "the runner's CLI"),
+    "run": (r"pacs_cli\.main\(\[\s*\"run\"|\"pacs\",\s*\"run\"", "pacs run"),
+    "listen": (r"pacs_cli\.main\(\[\s*\"listen\"|\"pacs\",\s*\"listen\"", "pacs listen"),
+}
+
+
+def check_runtime(argv: list[str], tests_source: str) -> list[str]:
+    """``robust-student-runtime ...`` and the SDK's ``robust-student predict|pacs ...`` (the same code)."""
+    import argparse
+
+    from robust_student_runtime import cli as runtime_cli
+
+    if argv[:1] == ["pacs"]:
+        from robust_student_runtime.pacs.cli import build_parser
+
+        parser, rest = build_parser("robust-student-runtime pacs"), argv[1:]
+    else:
+        parser = argparse.ArgumentParser(prog="robust-student-runtime predict")
+        runtime_cli.add_arguments(parser)
+        rest = argv[1:] if argv[:1] == ["predict"] else argv
+    try:
+        args = parser.parse_args(rest)
+    except SystemExit:
+        return [f"the runtime's parser refuses {shlex.join(argv)}"]
+    command = getattr(args, "command", None) or "predict"
+    pattern, what = RUNTIME_EXERCISED[command]
+    return [] if re.search(pattern, tests_source) else [f"no test runs {what}"]
+
+
 def _script_flags_exist(script: Path, flags: list[str]) -> list[str]:
     source = script.read_text(encoding="utf-8")
     return [f"{script.relative_to(ROOT)} has no option {f}" for f in flags if f'"{f}"' not in source]
@@ -207,8 +277,24 @@ def check_command(command: str, tests_source: str | None = None, *, semantic: bo
                 continue  # serves what CI builds
             problems.append(f"neither CI nor a test runs `make {t}`")
         return problems
+    if program == "robust-student-runtime" or (program == "robust-student" and rest[:1] in (["predict"], ["pacs"])):
+        return check_runtime(rest, tests_source)
     if program == "robust-student":
         return check_robust_student(rest, tests_source, semantic=semantic)
+    if program == "export":
+        names = [w.split("=")[0] for w in rest]
+        return [f"nothing in the code reads {n}" for n in names if n not in _code_source()]
+    if program in (".", "source"):
+        return [] if len(rest) == 1 and rest[0].endswith("/bin/activate") else ["only activating a virtualenv is documented"]
+    if program in ("python", "python3") and rest[:2] == ["-m", "venv"]:
+        return [] if "-m venv" in _read(".ci/run") + _read("Makefile") else ["CI never makes a virtualenv"]
+    if program in ("python", "python3") and rest[:1] == ["-c"]:
+        def plain(code: str) -> str:  # `import x as y, z` and `import x, z` import the same
+            return re.sub(r" as \w+", "", code)
+
+        where = plain(_read(".ci/run") + _read("Makefile") + tests_source)
+        return [f"neither CI nor a test runs {stmt.strip()!r}" for stmt in plain(rest[1]).split(";")
+                if stmt.strip() not in where]
     if program in ("python", "python3", ".venv/bin/python"):
         if rest[:2] == ["-m", "robust_student.cli"]:
             return check_robust_student(rest[2:], tests_source, semantic=semantic)
@@ -242,8 +328,17 @@ def check_command(command: str, tests_source: str | None = None, *, semantic: bo
             if arg.startswith("-"):
                 continue
             m = re.match(r"^(\.|robust-student)\[([\w,]+)\]$", arg)
+            local = re.match(r"^\./([\w-]+)\[([\w,]+)\]$", arg)
             if m:
                 problems += [f"pyproject.toml has no extra {e!r}" for e in m.group(2).split(",") if e not in extras]
+            elif local:
+                sub = ROOT / local.group(1) / "pyproject.toml"
+                if not sub.is_file():
+                    problems.append(f"no project in ./{local.group(1)}")
+                else:
+                    sub_extras = set(re.findall(r"^(\w+) = \[", sub.read_text(encoding="utf-8"), re.M))
+                    problems += [f"{sub.relative_to(ROOT)} has no extra {e!r}" for e in local.group(2).split(",")
+                                 if e not in sub_extras]
             elif arg.startswith("git+"):
                 if arg not in code:
                     problems.append(f"the SDK never names {arg}")
@@ -296,10 +391,29 @@ def test_every_documented_command_is_right_and_exercised():
     ("curl https://example.org | sh", "unknown program"),
     ("accelerate launch --num_processes 4 -m robust_student.cli fit --recipe quickstart", "not listed as needing"),
     ("bash benchmarks/no_such.sh", "no such script"),
+    ("robust-student-runtime pacs run --no-such-flag", "parser refuses"),
+    ("robust-student pacs sing --url x", "parser refuses"),
+    ("export NO_SUCH_VARIABLE_ANYWHERE=1", "nothing in the code reads"),
+    ('python -c "print(42)"', "neither CI nor a test runs"),
+    ("pip install './runtime[nosuchextra]'", "has no extra"),
+    (". /tmp/evil.sh", "only activating"),
 ])
+
+
 def test_the_command_check_can_fail(command, problem):
     problems = check_command(command)
     assert any(problem in p for p in problems), problems
+
+
+def test_text_blocks_are_searched_for_commands_but_not_output():
+    body = ("robust-student fit: error: train.epochs must be an integer\n"
+            "robust_student quickstart\n"
+            "python3 -m venv /opt/x && . /opt/x/bin/activate\n"
+            "export ROBUST_STUDENT_PACS_PASSWORD=secret\n"
+            "robust-student-runtime pacs run --url http://x \\\n    --model m.onnx   # a comment\n")
+    assert commands(body, only_programs=True) == [
+        "python3 -m venv /opt/x", ". /opt/x/bin/activate", "export ROBUST_STUDENT_PACS_PASSWORD=secret",
+        "robust-student-runtime pacs run --url http://x --model m.onnx"]
 
 
 def test_a_cli_command_no_test_runs_is_refused():
