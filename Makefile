@@ -10,12 +10,12 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: quickstart test install data browser orthanc docs docs-build bench clean
+.PHONY: quickstart test install data browser orthanc runtime-test docs docs-build bench clean
 
 quickstart: install data
 	$(PY) -m robust_student.cli quickstart
 
-test: install data browser orthanc docs-build
+test: install data browser orthanc docs-build runtime-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -53,6 +53,21 @@ orthanc:
 	else \
 		echo "Orthanc is missing, so the PACS node's tests will be skipped; to run them: sudo apt-get install orthanc orthanc-dicomweb"; \
 	fi
+
+# The torch-free runtime alone (issue 32): built as a wheel, installed with its extras into a fresh virtualenv
+# that has no torch (checked), and its own tests run there against the installed wheel (the PACS tests need
+# Orthanc, hence the prerequisite). Part of make test, so a user's make test runs what CI runs.
+runtime-test: orthanc
+	@set -e; tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; rt="$$tmp/venv/bin"; \
+	"$$rt/pip" wheel --quiet --disable-pip-version-check --no-deps -w "$$tmp/dist" ./runtime; \
+	"$$rt/pip" install --quiet --disable-pip-version-check "$$(ls "$$tmp"/dist/robust_student_runtime-*.whl)[dicom,pacs,test]"; \
+	if "$$rt/python" -c "import torch" 2>/dev/null; then \
+		echo "error: torch is importable in the runtime's virtualenv; the runtime must not need it" >&2; exit 1; \
+	fi; \
+	"$$rt/python" -c "import robust_student_runtime as r, sys; assert 'site-packages' in r.__file__, r.__file__; \
+	assert 'torch' not in sys.modules; print('runtime', r.__version__, 'installed without torch:', r.__file__)"; \
+	cd runtime && "$$rt/pytest" -q -p no:cacheprovider tests
 
 # Headless Chromium (Debian) for the demo's real-browser test: installed when running as root, otherwise
 # explained in one line (without it that one test is skipped, with the reason).
