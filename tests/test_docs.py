@@ -328,7 +328,7 @@ def check_command(command: str, tests_source: str | None = None, *, semantic: bo
             if arg.startswith("-"):
                 continue
             m = re.match(r"^(\.|robust-student)\[([\w,]+)\]$", arg)
-            local = re.match(r"^\./([\w-]+)\[([\w,]+)\]$", arg)
+            local = re.match(r"^\./([\w-]+)(?:\[([\w,]+)\])?$", arg)
             if m:
                 problems += [f"pyproject.toml has no extra {e!r}" for e in m.group(2).split(",") if e not in extras]
             elif local:
@@ -337,8 +337,8 @@ def check_command(command: str, tests_source: str | None = None, *, semantic: bo
                     problems.append(f"no project in ./{local.group(1)}")
                 else:
                     sub_extras = set(re.findall(r"^(\w+) = \[", sub.read_text(encoding="utf-8"), re.M))
-                    problems += [f"{sub.relative_to(ROOT)} has no extra {e!r}" for e in local.group(2).split(",")
-                                 if e not in sub_extras]
+                    problems += [f"{sub.relative_to(ROOT)} has no extra {e!r}" for e in (local.group(2) or "").split(",")
+                                 if e and e not in sub_extras]
             elif arg.startswith("git+"):
                 if arg not in code:
                     problems.append(f"the SDK never names {arg}")
@@ -396,6 +396,7 @@ def test_every_documented_command_is_right_and_exercised():
     ("export NO_SUCH_VARIABLE_ANYWHERE=1", "nothing in the code reads"),
     ('python -c "print(42)"', "neither CI nor a test runs"),
     ("pip install './runtime[nosuchextra]'", "has no extra"),
+    ("pip install -e ./no_such_folder", "no project in"),
     (". /tmp/evil.sh", "only activating"),
 ])
 
