@@ -145,8 +145,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     distiller.fit(resume=args.resume)
     seconds = time.perf_counter() - started
+    last = distiller.history[-1] if distiller.history else {}
+    budget = {"epochs": settings["epochs"], "train_images": settings["n_train"], "threads": args.threads,
+              # the trainer's clocks at the last validation, continued across resumes (None: an older run)
+              "wall_hours": round(last["train_seconds"] / 3600, 3) if "train_seconds" in last else None,
+              "cpu_hours": round(last["cpu_seconds"] / 3600, 3) if "cpu_seconds" in last else None}
     return {"settings": settings, "config": distiller.config.to_dict(), "history": distiller.history,
-            "train_seconds_this_invocation": round(seconds, 1), "steps": distiller.result.steps,
+            "budget": budget, "train_seconds_this_invocation": round(seconds, 1), "steps": distiller.result.steps,
             "student_dir": str(workdir / "student")}
 
 
