@@ -81,6 +81,7 @@ class Archive:
 
         self.url = url.rstrip("/")
         self.user = user
+        self._settings = (url, user, password, retries, backoff, timeout, sleep)
         session = requests.Session()
         if user is not None:
             session.auth = (user, password or "")
@@ -88,6 +89,11 @@ class Archive:
         self.client.set_http_retry_params(retry=False)  # retried here, on transient failures only
         self.retries, self.backoff, self.sleep = int(retries), float(backoff), sleep
         self.attempts = 0  # every HTTP call tried, retries included (for the tests and the audit)
+
+    def clone(self) -> "Archive":
+        """The same archive through its own HTTP session (one per thread: a requests.Session is not thread-safe)."""
+        url, user, password, retries, backoff, timeout, sleep = self._settings
+        return Archive(url, user, password, retries=retries, backoff=backoff, timeout=timeout, sleep=sleep)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         for attempt in range(self.retries + 1):

@@ -10,6 +10,10 @@ For each instance the archive lists (QIDO-RS), in study / series / instance orde
 4. retrieved (WADO-RS), predicted in batches with :meth:`OnnxStudent.predict` (every refusal of the runner is
    that instance's one-line result and the batch goes on), reported as a TID 1500 SR and stored (STOW-RS).
 
+The next batch is retrieved (its own HTTP session, one prefetch thread) and the previous batch's SRs are stored
+and recorded (one store thread) while a batch is predicted and reported; result lines are written only after
+their SR is stored, and a batch's stores finish before the next batch's begin.
+
 Transient archive failures are retried with backoff (see :mod:`.dicomweb`); when they persist the job stops
 with one clear error and nothing half written (no result line for an instance whose SR was not stored).
 """
@@ -26,7 +30,7 @@ from typing import Any, Callable, Sequence
 from ..dicom import IMAGE_STORAGE, NEVER_MODALITIES, sop_class_name
 from ..images import one_line
 from ..student import OnnxStudent, Prediction
-from .report import build_sr, model_identity, result_uids
+from .report import ReportBuilder, result_uids
 from .state import JobState
 
 KILL_AFTER_STORES = "ROBUST_STUDENT_PACS_KILL_AFTER_STORES"  # fault injection for the restart test only
@@ -69,14 +73,22 @@ class Reporter:
     """Predict -> SR -> store -> record, for datasets in hand (shared by ``pacs run`` and ``pacs listen``)."""
 
     def __init__(self, model: OnnxStudent, state: JobState, store: Callable[[Any], str], *, top_k: int = 3,
-                 batch_size: int = 16, destination: str = "", log: Callable[[str], None] = _log) -> None:
+                 batch_size: int = 16, destination: str = "", log: Callable[[str], None] = _log,
+                 background_store: bool = False) -> None:
         self.model, self.state, self.store = model, state, store
         self.top_k, self.batch_size, self.destination, self.log = top_k, batch_size, destination, log
-        self.identity = model_identity(model)
+        self.builder = ReportBuilder(model, top_k=top_k)  # highdicom's constant pieces, built once per job
+        self.identity = self.builder.identity
         self.digest = self.identity["weights_sha256"]
         self.counts = Counts()
         self._stores = 0
         self._kill_after = int(os.environ.get(KILL_AFTER_STORES, "0") or 0)
+        self._pool: Any = None
+        self._storing: Any = None  # the batch being stored in the background (a Future)
+        if background_store:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stow")
 
     def refuse(self, ref: Any, reason: str) -> None:
         reason = one_line(reason)
@@ -86,22 +98,46 @@ class Reporter:
         self.log(f"{ref.sop}: refused: {reason}")
 
     def report(self, pairs: Sequence[tuple[Any, Any]]) -> None:
-        """``pairs`` of (reference, dataset): predicted together, then reported and stored one by one."""
+        """``pairs`` of (reference, dataset): predicted together, reported, then stored and recorded one by one.
+
+        With ``background_store``, the batch's SRs are stored (and recorded, each after its store) by one
+        background thread while the caller goes on with the next batch; the next :meth:`report` or
+        :meth:`flush` waits for them first and raises what stopped them (an unavailable archive), so no batch
+        overtakes another and nothing is recorded that was not stored."""
         if not pairs:
             return
         predictions = self.model.predict([ds for _, ds in pairs], batch_size=self.batch_size, errors="skip")
+        built = []
         for (ref, ds), prediction in zip(pairs, predictions):
-            self._one(ref, ds, prediction)
+            if not prediction.ok:
+                self.refuse(ref, str(prediction.error))
+                continue
+            try:
+                built.append((ref, prediction, self.builder.build(ds, prediction)))
+            except Exception as err:  # noqa: BLE001 - highdicom refuses odd source attributes: that item's refusal
+                self.refuse(ref, f"cannot build the report: {type(err).__name__}: {one_line(str(err))}")
+        if self._pool is None:
+            self._store_all(built)
+            return
+        self.flush()
+        self._storing = self._pool.submit(self._store_all, built)
 
-    def _one(self, ref: Any, ds: Any, prediction: Prediction) -> None:
-        if not prediction.ok:
-            self.refuse(ref, str(prediction.error))
-            return
-        try:
-            sr = build_sr(ds, prediction, self.model, top_k=self.top_k)
-        except Exception as err:  # noqa: BLE001 - highdicom refuses odd source attributes: that item's refusal
-            self.refuse(ref, f"cannot build the report: {type(err).__name__}: {one_line(str(err))}")
-            return
+    def flush(self) -> None:
+        """Wait for the batch being stored in the background; raise what stopped it."""
+        if self._storing is not None:
+            future, self._storing = self._storing, None
+            future.result()
+
+    def close(self) -> None:
+        """Let the background store finish what it started (stored SRs get their result lines), then stop it."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _store_all(self, built: Sequence[tuple[Any, Prediction, Any]]) -> None:
+        for ref, prediction, sr in built:
+            self._store_one(ref, prediction, sr)
+
+    def _store_one(self, ref: Any, prediction: Prediction, sr: Any) -> None:
         uids = result_uids(ref.sop, self.digest)
         try:
             status = self.store(sr)
@@ -130,18 +166,71 @@ class Reporter:
         self.log(f"{ref.sop}: {prediction.label} {prediction.probability:.4f} -> SR {uids.sop} ({status})")
 
 
+def _fetch(archive: Any, refs: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """(ref, dataset) for each ref, or (ref, the archive's refusal) for an instance it refuses to give; an
+    unavailable archive raises (and stops the job)."""
+    from .dicomweb import ArchiveRejected
+
+    out: list[tuple[Any, Any]] = []
+    for ref in refs:
+        try:
+            out.append((ref, archive.retrieve(ref)))
+        except ArchiveRejected as err:
+            out.append((ref, err))
+    return out
+
+
 def _retrieved(archive: Any, reporter: Reporter, refs: Sequence[Any]) -> list[tuple[Any, Any]]:
     """(ref, dataset) for each ref; an instance the archive refuses to give is that instance's refusal (an
     unavailable archive stops the job)."""
+    return _usable(reporter, _fetch(archive, refs))
+
+
+def _usable(reporter: Reporter, fetched: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     from .dicomweb import ArchiveRejected
 
     pairs = []
-    for ref in refs:
-        try:
-            pairs.append((ref, archive.retrieve(ref)))
-        except ArchiveRejected as err:
-            reporter.refuse(ref, f"cannot retrieve it: {err}")
+    for ref, ds in fetched:
+        if isinstance(ds, ArchiveRejected):
+            reporter.refuse(ref, f"cannot retrieve it: {ds}")
+        else:
+            pairs.append((ref, ds))
     return pairs
+
+
+class _Prefetch:
+    """Retrieves the next batch (WADO-RS, through its own HTTP session, in one background thread) while the
+    current one is predicted, reported and stored; every result line is still written by the caller's thread,
+    in order."""
+
+    def __init__(self, archive: Any, reporter: Reporter) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.reporter = reporter
+        self.fetcher = archive.clone() if hasattr(archive, "clone") else archive
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wado-prefetch")
+        self.inflight: Any = None
+
+    def add(self, refs: Sequence[Any]) -> None:
+        """Start retrieving ``refs``, then report the batch retrieved before them."""
+        if not refs:
+            return
+        future = self.pool.submit(_fetch, self.fetcher, list(refs))
+        self._report_inflight()
+        self.inflight = future
+
+    def finish(self) -> None:
+        self._report_inflight()
+
+    def _report_inflight(self) -> None:
+        if self.inflight is not None:
+            future, self.inflight = self.inflight, None
+            self.reporter.report(_usable(self.reporter, future.result()))
+
+    def close(self) -> None:
+        if self.inflight is not None:
+            self.inflight.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def run_job(archive: Any, model: OnnxStudent, state: JobState, *, study: str | None = None,
@@ -151,10 +240,23 @@ def run_job(archive: Any, model: OnnxStudent, state: JobState, *, study: str | N
     """One pass over the archive (or, with ``watch``, passes every ``interval`` seconds until ``stop``)."""
     stop = stop or threading.Event()
     reporter = Reporter(model, state, archive.store, top_k=top_k, batch_size=batch_size, destination=archive.url,
-                        log=log)
+                        log=log, background_store=True)
     state.audit("job started", archive=archive.url, study=study, since=since, modalities=list(modalities or []),
                 model=str(model.path), model_name=reporter.identity["name"],
                 validation_status=reporter.identity["validation_status"])
+    prefetch = _Prefetch(archive, reporter)
+    try:
+        _passes(archive, reporter, state, prefetch, study, since, modalities, batch_size, watch, interval, stop, log)
+    finally:
+        prefetch.close()
+        reporter.close()
+    state.audit("job finished", **{k: v for k, v in vars(reporter.counts).items() if k != "seen"})
+    return reporter.counts
+
+
+def _passes(archive: Any, reporter: Reporter, state: JobState, prefetch: _Prefetch, study: str | None,
+            since: str | None, modalities: Sequence[str] | None, batch_size: int, watch: bool, interval: float,
+            stop: threading.Event, log: Callable[[str], None]) -> None:
     while True:
         refs = archive.search(study=study, since=since, modalities=modalities)
         pending = []
@@ -179,15 +281,15 @@ def run_job(archive: Any, model: OnnxStudent, state: JobState, *, study: str | N
             else:
                 pending.append(ref)
             if len(pending) >= batch_size:
-                reporter.report(_retrieved(archive, reporter, pending))
+                prefetch.add(pending)
                 pending = []
             if stop.is_set():
                 break
-        reporter.report(_retrieved(archive, reporter, pending))
+        prefetch.add(pending)
+        prefetch.finish()
+        reporter.flush()  # every SR of this pass stored and recorded (or the error that stopped it raised)
         if not watch or stop.wait(interval):
             break
-    state.audit("job finished", **{k: v for k, v in vars(reporter.counts).items() if k != "seen"})
-    return reporter.counts
 
 
 __all__ = ["run_job", "Reporter", "header_refusal", "Counts", "KILL_AFTER_STORES"]
