@@ -448,6 +448,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _pacs_args(p: argparse.ArgumentParser) -> None:
+    """``robust-student pacs ...`` is run by the torch-free runtime before this parser is reached
+    (robust_student_runtime.cli.sdk_main); the command is here so that ``robust-student --help`` lists it."""
+    p.add_argument("pacs_args", nargs=argparse.REMAINDER, metavar="run|listen ...",
+                   help="see robust-student pacs --help")
+
+
+@command("pacs", "the PACS node: query/retrieve over DICOMweb or receive by C-STORE, classify, store a DICOM SR "
+                 "back (pacs run | pacs listen)")(_pacs_args)
+def _cmd_pacs(args: argparse.Namespace) -> int:
+    from robust_student_runtime.pacs.cli import main as pacs_main
+
+    return pacs_main(args.pacs_args, prog="robust-student pacs")
+
+
 def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="the ONNX file to re-check")
     p.add_argument("--data", required=True, help="dataset spec to validate on, e.g. imagefolder:/data/test")
