@@ -19,7 +19,7 @@ TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 # QIDO attribute tags (hex) of an instance row
 TAGS = {"SOPClassUID": "00080016", "SOPInstanceUID": "00080018", "StudyInstanceUID": "0020000D",
         "SeriesInstanceUID": "0020000E", "Modality": "00080060", "InstanceNumber": "00200013",
-        "StudyDate": "00080020", "SeriesNumber": "00200011"}
+        "StudyDate": "00080020", "SeriesNumber": "00200011", "NumberOfStudyRelatedInstances": "00201208"}
 
 
 class ArchiveError(RuntimeError):
@@ -75,13 +75,15 @@ class Archive:
     """A DICOMweb archive at ``url`` (e.g. ``http://127.0.0.1:8042/dicom-web``) with HTTP basic auth."""
 
     def __init__(self, url: str, user: str | None = None, password: str | None = None, *, retries: int = 4,
-                 backoff: float = 0.5, timeout: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 backoff: float = 0.5, timeout: float = 30.0, sleep: Callable[[float], None] = time.sleep,
+                 log: Callable[[str], None] | None = None) -> None:
         import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.url = url.rstrip("/")
         self.user = user
-        self._settings = (url, user, password, retries, backoff, timeout, sleep)
+        self._settings = (url, user, password, retries, backoff, timeout, sleep, log)
+        self.log = log or _stderr
         session = requests.Session()
         if user is not None:
             session.auth = (user, password or "")
@@ -92,8 +94,8 @@ class Archive:
 
     def clone(self) -> "Archive":
         """The same archive through its own HTTP session (one per thread: a requests.Session is not thread-safe)."""
-        url, user, password, retries, backoff, timeout, sleep = self._settings
-        return Archive(url, user, password, retries=retries, backoff=backoff, timeout=timeout, sleep=sleep)
+        url, user, password, retries, backoff, timeout, sleep, log = self._settings
+        return Archive(url, user, password, retries=retries, backoff=backoff, timeout=timeout, sleep=sleep, log=log)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         for attempt in range(self.retries + 1):
@@ -108,7 +110,10 @@ class Archive:
                 if attempt == self.retries:
                     raise ArchiveUnavailable(f"{what}: {self.url} unavailable after {self.retries + 1} attempts "
                                              f"({_one_line(err)})") from None
-                self.sleep(self.backoff * 2 ** attempt)
+                delay = self.backoff * 2 ** attempt
+                self.log(f"{what}: transient failure ({_one_line(err)[:160]}); retry {attempt + 1} of "
+                         f"{self.retries} in {delay:g} s")
+                self.sleep(delay)
         raise AssertionError("unreachable")
 
     # -- QIDO-RS ----------------------------------------------------------------------------------------------
@@ -129,6 +134,27 @@ class Archive:
                 if ref.sop:
                     rows[ref.sop] = ref
         return sorted(rows.values(), key=lambda r: (r.study, r.series, r.number, r.sop))
+
+    def studies(self, *, since: str | None = None) -> dict[str, int]:
+        """StudyInstanceUID -> NumberOfStudyRelatedInstances of every study on or after ``since`` (QIDO-RS at the
+        study level: one row per study, so a poll of a large archive stays small). Modalities are filtered at the
+        instance level (Orthanc 1.10 pages a ModalitiesInStudy query without end)."""
+        filters: dict[str, Any] = {}
+        if since:
+            filters["StudyDate"] = f"{since.replace('-', '')}-"
+        found = self._call("QIDO-RS study search", lambda: self.client.search_for_studies(
+            fields=["StudyInstanceUID", "NumberOfStudyRelatedInstances"], search_filters=filters,
+            get_remaining=True))
+        out: dict[str, int] = {}
+        for row in found:
+            uid = str(((row.get(TAGS["StudyInstanceUID"]) or {}).get("Value") or [""])[0])
+            try:
+                count = int(((row.get(TAGS["NumberOfStudyRelatedInstances"]) or {}).get("Value") or [-1])[0])
+            except (TypeError, ValueError):
+                count = -1
+            if uid:  # one UID in several rows (Orthanc keys a study by patient too): add the counts up
+                out[uid] = -1 if count < 0 or out.get(uid, 0) < 0 else out.get(uid, 0) + count
+        return out
 
     def exists(self, study: str, sop: str) -> bool:
         """Whether the archive holds instance ``sop`` in ``study`` (QIDO-RS)."""
@@ -161,6 +187,12 @@ class Archive:
                                 for item in failed)
             raise ArchiveRejected(f"STOW-RS store {sop}: the archive refused it ({reasons})")
         return "stored"
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 def _one_line(err: BaseException) -> str:

@@ -149,7 +149,7 @@ def listen(args: Any, model: Any, state: JobState, stop: threading.Event) -> Cou
                 break
     finally:
         server.shutdown()
-    state.audit("stopped", **{k: v for k, v in vars(reporter.counts).items() if k != "seen"})
+    state.audit("stopped", **vars(reporter.counts))
     return reporter.counts
 
 

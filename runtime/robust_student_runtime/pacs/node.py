@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..dicom import IMAGE_STORAGE, NEVER_MODALITIES, sop_class_name
@@ -42,7 +42,6 @@ class Counts:
     already: int = 0
     refused: int = 0
     skipped: int = 0
-    seen: set = field(default_factory=set)
 
     def line(self) -> str:
         return (f"{self.stored} SR(s) stored, {self.already} already in the archive, {self.refused} refused, "
@@ -250,24 +249,22 @@ def run_job(archive: Any, model: OnnxStudent, state: JobState, *, study: str | N
     finally:
         prefetch.close()
         reporter.close()
-    state.audit("job finished", **{k: v for k, v in vars(reporter.counts).items() if k != "seen"})
+    state.audit("job finished", **vars(reporter.counts))
     return reporter.counts
 
 
 def _passes(archive: Any, reporter: Reporter, state: JobState, prefetch: _Prefetch, study: str | None,
             since: str | None, modalities: Sequence[str] | None, batch_size: int, watch: bool, interval: float,
             stop: threading.Event, log: Callable[[str], None]) -> None:
+    first = True
+    known: dict[str, int] = {}  # study -> its instance count when last searched (watch: only changed studies)
     while True:
-        refs = archive.search(study=study, since=since, modalities=modalities)
+        refs = _new_refs(archive, study, since, modalities, known)
         pending = []
         for ref in refs:
-            if ref.sop in reporter.counts.seen:
+            if state.is_done(ref.sop):  # every instance of a pass has its result line when the pass ends
+                reporter.counts.skipped += first  # done before this job started
                 continue
-            if state.is_done(ref.sop):
-                reporter.counts.skipped += 1
-                reporter.counts.seen.add(ref.sop)
-                continue
-            reporter.counts.seen.add(ref.sop)
             reason = header_refusal(ref.sop_class, ref.modality)
             if reason:
                 reporter.refuse(ref, reason)
@@ -288,8 +285,26 @@ def _passes(archive: Any, reporter: Reporter, state: JobState, prefetch: _Prefet
         prefetch.add(pending)
         prefetch.finish()
         reporter.flush()  # every SR of this pass stored and recorded (or the error that stopped it raised)
+        first = False
         if not watch or stop.wait(interval):
             break
+
+
+def _new_refs(archive: Any, study: str | None, since: str | None, modalities: Sequence[str] | None,
+              known: dict[str, int]) -> list[Any]:
+    """The instances to look at in this pass: with ``--study``, that study's; otherwise the studies are listed
+    first (QIDO-RS, one row per study) and only those whose instance count changed since the last pass are
+    searched instance by instance. A ``--watch`` poll then costs (and holds in memory) one row per study, not
+    one per instance of the archive, and the node's memory stays flat as the archive grows."""
+    if study or not hasattr(archive, "studies"):
+        return archive.search(study=study, since=since, modalities=modalities)
+    refs: list[Any] = []
+    for uid, count in sorted(archive.studies(since=since).items()):
+        if count >= 0 and known.get(uid) == count:
+            continue
+        refs.extend(archive.search(study=uid, since=since, modalities=modalities))
+        known[uid] = count
+    return refs
 
 
 __all__ = ["run_job", "Reporter", "header_refusal", "Counts", "KILL_AFTER_STORES"]

@@ -40,10 +40,12 @@ class JobState:
         self.audit_path = self.folder / "audit.jsonl"
         self.digest = weights_sha256
         self.who = {"os_user": _user(), "archive_user": archive_user}
-        self.done: dict[str, dict[str, Any]] = {}
+        # the SOP Instance UIDs with a final result line for this model: all a job keeps in memory per instance
+        # (about 200 bytes; the lines themselves stay in the file), so a long --watch run stays flat
+        self.done: set[str] = set()
         for line in _lines(self.results_path):
             if line.get("model_weights_sha256") == self.digest and line.get("source", {}).get("sop"):
-                self.done[line["source"]["sop"]] = line
+                self.done.add(str(line["source"]["sop"]))
 
     def is_done(self, sop: str) -> bool:
         return sop in self.done
@@ -51,7 +53,7 @@ class JobState:
     def result(self, record: dict[str, Any]) -> None:
         line = {"time": now(), "model_weights_sha256": self.digest, **record}
         _append(self.results_path, line)
-        self.done[line["source"]["sop"]] = line
+        self.done.add(str(line["source"]["sop"]))
 
     def audit(self, action: str, **fields: Any) -> None:
         _append(self.audit_path, {"time": now(), "who": self.who, "action": action,
