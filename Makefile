@@ -56,12 +56,17 @@ orthanc:
 
 # The torch-free runtime alone (issue 32): built as a wheel, installed with its extras into a fresh virtualenv
 # that has no torch (checked), and its own tests run there against the installed wheel (the PACS tests need
-# Orthanc, hence the prerequisite). Part of make test, so a user's make test runs what CI runs.
+# Orthanc, hence the prerequisite). Part of make test, so a user's make test runs what CI runs. Its DICOM and PACS
+# stack is pinned to the lowest versions the extras allow (runtime/constraints-lowest.txt); the SDK's virtualenv
+# runs the same tests with the newest, so both ends of the bounds are tested.
 runtime-test: orthanc
 	@set -e; tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
 	$(PYTHON) -m venv "$$tmp/venv"; rt="$$tmp/venv/bin"; \
 	"$$rt/pip" wheel --quiet --disable-pip-version-check --no-deps -w "$$tmp/dist" ./runtime; \
-	"$$rt/pip" install --quiet --disable-pip-version-check "$$(ls "$$tmp"/dist/robust_student_runtime-*.whl)[dicom,pacs,test]"; \
+	"$$rt/pip" install --quiet --disable-pip-version-check -c runtime/constraints-lowest.txt \
+		"$$(ls "$$tmp"/dist/robust_student_runtime-*.whl)[dicom,pacs,test]"; \
+	"$$rt/python" -c "from importlib.metadata import version as v; \
+	print('lowest DICOM/PACS stack:', *(f'{p}=={v(p)}' for p in ('pydicom', 'highdicom', 'dicomweb-client', 'pynetdicom')))"; \
 	if "$$rt/python" -c "import torch" 2>/dev/null; then \
 		echo "error: torch is importable in the runtime's virtualenv; the runtime must not need it" >&2; exit 1; \
 	fi; \
