@@ -1,13 +1,15 @@
 """Learning curves against compute: validation clean and robust accuracy of one or more runs vs CPU hours.
 
-    python benchmarks/learning_curve.py /work/runs/zoo/robust=fmnist-clip-robust --out benchmarks/results/curve_robust
+    python benchmarks/learning_curve.py runs/zoo/robust=fmnist-clip-robust \
+        --final fmnist-clip-robust=robust_student/teachers/weights/fmnist-clip-robust/training.json \
+        --out benchmarks/results/learning_curve_fmnist_clip_robust
     python benchmarks/learning_curve.py RUN_A=flagship RUN_B=pgd-at --final flagship=eval_a.json --out STEM
 
 Each run folder's ``metrics.jsonl`` holds one ``eval`` record per validation (clean and robust accuracy under
 the run's ``val_attack`` on its validation images), stamped by the trainer with ``cpu_seconds`` (the training
 process's CPU time, all threads, continued across resumes) and ``train_seconds`` (wall). ``--final`` adds a
-test-set point from a ``robust-student eval --output`` report (its AutoAttack, else PGD-20, accuracy) at the
-run's last CPU time. Writes ``STEM.png`` and ``STEM.json`` (the points plotted, the machine, the command).
+test-set point from a ``robust-student eval --output`` report or a zoo teacher's ``training.json`` (its AutoAttack,
+else PGD-20, accuracy) at the run's last CPU time. Writes ``STEM.png`` and ``STEM.json`` (the points plotted, the machine, the command).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def read_curve(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def final_point(report_path: Path) -> dict[str, Any]:
+    """A ``robust-student eval --output`` report, or a zoo teacher's ``training.json`` (its AutoAttack report)."""
     report = json.loads(report_path.read_text())
+    if "zero_shot_test" in report:
+        report = report["zero_shot_test"]["autoattack"]["report"]
     robust = report["robust_accuracy"]
     attack = "autoattack" if "autoattack" in robust else "pgd20"
     return {"report": str(report_path), "clean": report["clean_accuracy"], "robust": robust[attack],

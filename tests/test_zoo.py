@@ -65,3 +65,40 @@ def test_reproduces_its_committed_regression_guard(name):
         torch.set_num_threads(threads)
     one_image = 1 / guard["n"] + 1e-9  # float differences between CPUs may flip one borderline image
     assert abs(now["clean"] - guard["clean"]) <= one_image and abs(now["pgd20"] - guard["pgd20"]) <= one_image
+
+
+CARDED = sorted(n for n in ZOO if "report" in json.loads((WEIGHTS_DIR / n / "training.json").read_text())
+                ["zero_shot_test"].get("autoattack", {}))
+
+
+def test_the_robust_teacher_ships_with_its_evaluation_report():
+    assert "fmnist-clip-robust" in CARDED  # every entry trained since the card existed carries one
+
+
+@pytest.mark.parametrize("name", CARDED)
+def test_card_shows_the_recorded_evaluation_and_licence(name):
+    from robust_student.formatting import format_percent
+
+    card = (WEIGHTS_DIR / name / "README.md").read_text()
+    report = json.loads((WEIGHTS_DIR / name / "training.json").read_text())["zero_shot_test"]["autoattack"]["report"]
+    assert "license: apache-2.0" in card and report["n_examples"] >= 500 and f"{report['n_examples']} test images" in card
+    for accuracy in (report["clean_accuracy"], *report["robust_accuracy"].values()):
+        assert format_percent(accuracy) in card
+    assert report["checks"] and report["checks_passed"] and "**FAILED**" not in card
+
+
+@pytest.mark.parametrize("name", CARDED)
+def test_round_trips_through_onnx(name, tmp_path):
+    import numpy as np
+
+    from robust_student import load_student
+    from robust_student.export import OnnxStudent, export_onnx
+
+    export_onnx(WEIGHTS_DIR / name, tmp_path / "model.onnx")
+    runner = OnnxStudent(tmp_path / "model.onnx")
+    student = load_student(WEIGHTS_DIR / name).eval()
+    x = torch.rand(8, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = student(x).numpy()
+    np.testing.assert_allclose(runner.logits(x.numpy()), expected, atol=1e-4, rtol=1e-4)
+    assert runner.metadata["class_names"] == list(student.classnames)

@@ -14,6 +14,9 @@ image encoder with fmnist-clip's text encoder (the ``student:<folder>`` teacher)
 * ``fmnist-clip-tecoa``: fmnist-clip's image tower after TeCoA (CE on zero-shot logits at x', the same budget);
 * ``fmnist-clip-cnn``: a convolutional image tower (``resnet_tiny``) trained on clean images against
   fmnist-clip's class text embeddings (locked text tower): the heterogeneous proxy of HPT-GPD.
+* ``fmnist-clip-robust``: a convolutional image tower (``resnet_tiny``) adversarially trained (PGD-AT with 5-step
+  PGD at L-inf 0.1 on all 60,000 training images) against the same locked text embeddings: the zoo's robust
+  teacher, with a model card (``README.md``) rendered from its AutoAttack evaluation.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ ZOO: dict[str, str] = {
     "fmnist-clip-fare": "fmnist-clip's image tower after FARE (L-inf 0.1), with fmnist-clip's text tower",
     "fmnist-clip-tecoa": "fmnist-clip's image tower after TeCoA (L-inf 0.1), with fmnist-clip's text tower",
     "fmnist-clip-cnn": "a convolutional image tower (resnet_tiny) aligned to fmnist-clip's text tower (clean)",
+    "fmnist-clip-robust": "a convolutional image tower (resnet_tiny) adversarially trained (PGD-AT, L-inf 0.1, all "
+                          "60,000 images) against fmnist-clip's text tower: the zoo's robust teacher",
 }
 
 
