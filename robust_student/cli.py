@@ -15,6 +15,8 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from robust_student_runtime.cli import _positive_int  # one argument type for both command lines
+
 from .cpu_allocator import keep_freed_memory
 from .formatting import format_percent
 
@@ -58,16 +60,6 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 # -- zero-shot evaluation of a teacher -------------------------------------------------------------------
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
 
 def _data_config(spec: str, skip_corrupt: bool, image_size: int | None = None, classes: list[str] | None = None):
     from .config import DataConfig

@@ -4,6 +4,8 @@ digests as ``robust-student export`` writes them) and DICOM objects of every kin
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +148,15 @@ def set_raw(ds, keyword: str, value, vr: str | None = None) -> None:
     if len(data) % 2:
         data += b"\0" if vr in ("UI", "OB", "UN") else b" "
     ds._dict[tag] = RawDataElement(tag, vr, len(data), data, 0, False, True)
+
+
+def wait_for_port(port: int, process, timeout: float = 60.0) -> None:
+    """Wait until a server ``process`` started by a test accepts connections on loopback ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()[-2000:] if process.stderr else ""
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")

@@ -306,19 +306,6 @@ def _send(port: int, datasets) -> list[int]:
         assoc.release()
 
 
-def _wait_for_port(port: int, process, timeout: float = 60.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()[-2000:] if process.stderr else ""
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError("the SCP did not start")
-
-
 def test_pacs_listen_stores_acknowledges_and_reports_each_complete_series(orthanc, model_path, tmp_path):
     import signal
 
@@ -337,7 +324,7 @@ def test_pacs_listen_stores_acknowledges_and_reports_each_complete_series(orthan
          str(model_path), "--url", orthanc.dicomweb, "--user", orthanc_server.USER, "--out", str(out),
          "--stable-seconds", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_port(port, process)
+        fx.wait_for_port(port, process)
         assert _send(port, images[:2]) == [0, 0]
         assert _send(port, [images[2], report]) == [0, 0]
         deadline = time.monotonic() + 90

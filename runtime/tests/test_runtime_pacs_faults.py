@@ -165,19 +165,6 @@ def test_a_409_from_an_archive_that_is_not_orthanc_is_already_stored_when_it_hol
         server.server_close()
 
 
-def _wait_for_port(port: int, process, timeout: float = 60.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()[-2000:] if process.stderr else ""
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError("the SCP did not start")
-
-
 def test_pacs_listen_sends_the_srs_back_by_c_store_to_a_configured_ae(model_path, tmp_path):
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
     from pynetdicom import AE, evt
@@ -208,7 +195,7 @@ def test_pacs_listen_sends_the_srs_back_by_c_store_to_a_configured_ae(model_path
         images = [fx.image_dataset(seed=500 + k, study=study, series=series) for k in range(3)]
         for k, ds in enumerate(images, start=1):
             ds.InstanceNumber = k
-        _wait_for_port(node_port, process)
+        fx.wait_for_port(node_port, process)
         sender = AE(ae_title="MODALITY")
         for ds in images:
             sender.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
