@@ -3,6 +3,8 @@
     .venv/bin/python scripts/train_fmnist_zoo.py --model fare     # -> robust_student/teachers/weights/fmnist-clip-fare
     .venv/bin/python scripts/train_fmnist_zoo.py --model tecoa
     .venv/bin/python scripts/train_fmnist_zoo.py --model cnn
+    .venv/bin/python scripts/train_fmnist_zoo.py --model robust --threads 2 --weight-decay 5e-4   # ~0.7 CPU h + 31 min AA
+    .venv/bin/python scripts/train_fmnist_zoo.py --regression fmnist-clip-robust --threads 1     # its regression guard
     .venv/bin/python scripts/train_fmnist_zoo.py --eval-only fmnist-clip   # the base teacher, same evaluation
 
 * ``fare``: fmnist-clip's image tower fine-tuned with FARE (``method="fare"``, student ``clip`` = the teacher's
