@@ -250,14 +250,14 @@ class Trainer:
 
         start_epoch, start_batch, step = 0, 0, 0
         history: list[dict[str, Any]] = []
-        self._clock = _RunClock()
+        clock = _RunClock()
         latest = ckpt.latest_intact_checkpoint(out_dir)[0] if resume else None
         if latest is not None:
             check_resumable(latest, self.config.to_dict())
             position = load_checkpoint(latest, acc, raw_unit, optimizer, scheduler)
             start_epoch, start_batch, step = position["epoch"], position["batch"], position["step"]
             history = position.get("history", [])
-            self._clock = _RunClock(position.get("train_seconds", 0.0), position.get("cpu_seconds", 0.0))
+            clock = _RunClock(position.get("train_seconds", 0.0), position.get("cpu_seconds", 0.0))
             logger.info("resuming from %s (epoch %d, batch %d, step %d)", latest, start_epoch, start_batch, step)
         elif resume:
             logger.info("no checkpoint in %s; starting from scratch", out_dir)
@@ -301,7 +301,8 @@ class Trainer:
                     metrics.write({"kind": "train", "epoch": epoch, "step": step,
                                    "lr": scheduler.get_last_lr()[0], **record}, acc)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    self._save(acc, raw_unit, optimizer, scheduler, epoch, batch_index + 1, step, history, run)
+                    self._save(acc, raw_unit, optimizer, scheduler, epoch, batch_index + 1, step, history, run,
+                               clock)
             bar.close()
             if acc.num_processes > 1:
                 # DDP syncs parameters, but each replica updated its BN running stats on its own shard since
@@ -314,14 +315,14 @@ class Trainer:
             last = epoch + 1 == cfg.epochs
             if self._validates() and cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
                 # The main process validates; every process keeps the same record in its history.
-                found = [{**self._clock.read(), **validate(raw_unit.student, self.val_set, self.config, acc.device)}
+                found = [{**clock.read(), **validate(raw_unit.student, self.val_set, self.config, acc.device)}
                          if acc.is_main_process else None]
                 record = {"kind": "eval", "epoch": epoch, "step": step, **broadcast_object_list(found)[0]}
                 history.append(record)
                 metrics.write(record, acc)
                 logger.info("epoch %d: clean %.4f, %s %.4f", epoch + 1, record["val_clean_acc"],
                             record["val_attack"], record["val_robust_acc"])
-            self._save(acc, raw_unit, optimizer, scheduler, epoch + 1, 0, step, history, run)
+            self._save(acc, raw_unit, optimizer, scheduler, epoch + 1, 0, step, history, run, clock)
 
         acc.wait_for_everyone()
         if cfg.log_with:
@@ -362,7 +363,7 @@ class Trainer:
         return out
 
     def _save(self, acc: Accelerator, unit: "_TrainUnit", optimizer: Any, scheduler: LambdaLR, epoch: int,
-              batch: int, step: int, history: list[dict[str, Any]], run: RunDirectory) -> None:
+              batch: int, step: int, history: list[dict[str, Any]], run: RunDirectory, clock: "_RunClock") -> None:
         """Write an atomic checkpoint: every process its RNG state, the main process everything else."""
         out_dir = Path(self.config.train.output_dir)
         staging = ckpt.staging_dir(out_dir, step)
@@ -380,7 +381,7 @@ class Trainer:
             ckpt.write_part(staging, "trainer", meta={
                 "format": ckpt.FORMAT_VERSION, "epoch": epoch, "batch": batch, "step": step,
                 "num_processes": acc.num_processes, "history": history, "config": self.config.to_dict(),
-                **self._clock.read(),
+                **clock.read(),
             })
             ckpt.commit(staging)
             run.committed()
