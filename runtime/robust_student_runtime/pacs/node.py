@@ -179,12 +179,6 @@ def _fetch(archive: Any, refs: Sequence[Any]) -> list[tuple[Any, Any]]:
     return out
 
 
-def _retrieved(archive: Any, reporter: Reporter, refs: Sequence[Any]) -> list[tuple[Any, Any]]:
-    """(ref, dataset) for each ref; an instance the archive refuses to give is that instance's refusal (an
-    unavailable archive stops the job)."""
-    return _usable(reporter, _fetch(archive, refs))
-
-
 def _usable(reporter: Reporter, fetched: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     from .dicomweb import ArchiveRejected
 
