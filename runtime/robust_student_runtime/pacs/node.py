@@ -262,8 +262,7 @@ def _passes(archive: Any, reporter: Reporter, state: JobState, prefetch: _Prefet
             reason = header_refusal(ref.sop_class, ref.modality)
             if reason:
                 reporter.refuse(ref, reason)
-            elif archive.exists(ref.study, result_uids(ref.sop, reporter.digest).sop):
-                uids = result_uids(ref.sop, reporter.digest)
+            elif archive.exists(ref.study, (uids := result_uids(ref.sop, reporter.digest)).sop):
                 state.result({"source": _source(ref), "status": "already stored", "sr_series": uids.series,
                               "sr_sop": uids.sop, "error": None})
                 state.audit("found SR", source=_source(ref), sr_sop=uids.sop, store_status="already stored")
