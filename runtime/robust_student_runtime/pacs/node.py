@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from ..dicom import IMAGE_STORAGE, NEVER_MODALITIES, sop_class_name
 from ..images import one_line
 from ..student import OnnxStudent, Prediction
-from .report import ReportBuilder, result_uids
+from .report import ReportBuilder, result_uids, top_classes
 from .state import JobState
 
 KILL_AFTER_STORES = "ROBUST_STUDENT_PACS_KILL_AFTER_STORES"  # fault injection for the restart test only
@@ -148,9 +148,8 @@ class Reporter:
         if self._kill_after and self._stores >= self._kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # the worst moment: stored, not yet recorded
         probabilities = prediction.probabilities or []
-        ranked = sorted(range(len(probabilities)), key=lambda k: -probabilities[k])[:self.top_k]
-        top = [{"class_index": k, "label": self.model.labels[k] if k < len(self.model.labels) else str(k),
-                "probability": probabilities[k]} for k in ranked]
+        top = [{"class_index": k, "label": label, "probability": probabilities[k]}
+               for k, label in top_classes(probabilities, self.model.labels, self.top_k)]
         record = {"source": _source(ref), "status": status, "label": prediction.label,
                   "class_index": prediction.class_index, "probability": prediction.probability, "top_k": top,
                   "sr_series": uids.series, "sr_sop": uids.sop, "error": None}

@@ -47,6 +47,13 @@ def result_uids(source_sop_uid: str, weights_sha256: str) -> ResultUIDs:
                       device=generate_uid(entropy_srcs=[f"robust_student|device|{weights_sha256}"]))
 
 
+def top_classes(probabilities: Any, labels: Any, top_k: int) -> list[tuple[int, str]]:
+    """The ``top_k`` class indices by probability, highest first, each with its label (the index as text when
+    the model names fewer classes)."""
+    ranked = sorted(range(len(probabilities)), key=lambda k: -probabilities[k])[:top_k]
+    return [(k, labels[k] if k < len(labels) else str(k)) for k in ranked]
+
+
 def model_identity(model: OnnxStudent) -> dict[str, str]:
     """Name, version, digest, validation status and robust accuracy of the model, from its ONNX metadata."""
     meta = model.metadata
@@ -151,13 +158,10 @@ class ReportBuilder:
 
         if not prediction.ok or prediction.probabilities is None:
             raise ValueError("only a prediction becomes a report; a refusal is logged, not stored")
-        labels = self.model.labels
         probabilities = list(prediction.probabilities)
-        ranked = sorted(range(len(probabilities)), key=lambda k: -probabilities[k])[:self.top_k]
         source_image = hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
         groups = []
-        for rank, k in enumerate(ranked, start=1):
-            label = labels[k] if k < len(labels) else str(k)
+        for rank, (k, label) in enumerate(top_classes(probabilities, self.model.labels, self.top_k), start=1):
             finding = self._findings.get(k)
             if finding is None:
                 finding = self._findings[k] = CodedConcept(value=str(k), scheme_designator=CLASS_SCHEME,
