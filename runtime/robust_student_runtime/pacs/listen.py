@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..images import one_line
-from .node import Counts, Reporter, _log, header_refusal
+from .node import Counts, Reporter, _log, _source, header_refusal
 from .report import result_uids
 from .state import JobState
 
@@ -206,11 +206,6 @@ def _process_stable(spool: Path, reporter: Reporter, state: JobState, exists: An
             reporter.report(chunk)
             for ref, _ in chunk:
                 ref.path.unlink(missing_ok=True)
-
-
-def _source(ref: Any) -> dict[str, str]:
-    return {"study": ref.study, "series": ref.series, "sop": ref.sop, "sop_class": ref.sop_class,
-            "modality": ref.modality}
 
 
 __all__ = ["listen", "DimseDestination"]
