@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
+from ..images import one_line
+
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -196,7 +198,7 @@ def _stderr(message: str) -> None:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
+    text = one_line(str(err))
     return text[:300] if text else type(err).__name__
 
 
