@@ -216,9 +216,11 @@ def test_killed_mid_batch_and_restarted_finishes_with_no_duplicate_and_no_missin
     upload(orthanc, files)
     out = tmp_path / "job"
     killed = _subprocess_node(orthanc, model_path, out, study, {KILL_AFTER_STORES: "3"})
-    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL right after the 3rd STOW, before recording
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL before recording the 3rd stored SR
     before = read_lines(out / "results.jsonl")
-    assert len([r for r in before if r["status"] == "stored"]) == 2 and len(srs_in(orthanc, study)) == 3
+    # batches of 2, their SRs stored by one STOW-RS each: the batch of the 3rd is in the archive, not recorded
+    at_kill = len(srs_in(orthanc, study))
+    assert len([r for r in before if r["status"] == "stored"]) == 2 and at_kill > 2
     again = _subprocess_node(orthanc, model_path, out, study)
     assert again.returncode == pacs_cli.SOME_REFUSED, again.stderr[-2000:]
     results = read_lines(out / "results.jsonl")
@@ -228,7 +230,8 @@ def test_killed_mid_batch_and_restarted_finishes_with_no_duplicate_and_no_missin
         per_source.setdefault(line["source"]["sop"], []).append(line)
     assert set(sources) <= set(per_source) and all(len(v) == 1 for k, v in per_source.items() if k in sources)
     statuses = sorted(per_source[sop][0]["status"] for sop, name in sources.items() if name in IMAGES)
-    assert statuses == ["already stored"] + ["stored"] * 5  # the killed one was found, not written again
+    already = at_kill - 2  # stored before the kill, not recorded: found, not written again
+    assert statuses == ["already stored"] * already + ["stored"] * (len(IMAGES) - already)
     assert len(srs_in(orthanc, study)) == len(IMAGES)
 
 
@@ -307,8 +310,6 @@ def _send(port: int, datasets) -> list[int]:
 
 
 def test_pacs_listen_stores_acknowledges_and_reports_each_complete_series(orthanc, model_path, tmp_path):
-    import signal
-
     from pydicom.uid import generate_uid
 
     study, series = generate_uid(), generate_uid()
@@ -316,24 +317,9 @@ def test_pacs_listen_stores_acknowledges_and_reports_each_complete_series(orthan
     for k, ds in enumerate(images, start=1):
         ds.InstanceNumber = k
     report = fx.non_image("SR", study=study)
-    port = orthanc_server.free_port()
     out = tmp_path / "listen"
-    env = {**os.environ, pacs_cli.PASSWORD_ENV: orthanc_server.PASSWORD}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "robust_student_runtime", "pacs", "listen", "--port", str(port), "--model",
-         str(model_path), "--url", orthanc.dicomweb, "--user", orthanc_server.USER, "--out", str(out),
-         "--stable-seconds", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        fx.wait_for_port(port, process)
-        assert _send(port, images[:2]) == [0, 0]
-        assert _send(port, [images[2], report]) == [0, 0]
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(srs_in(orthanc, study)) < 3:
-            time.sleep(0.5)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    assert process.returncode == pacs_cli.SOME_REFUSED, err[-2000:]
+    code, err = _listen(orthanc, model_path, out, [images[:2], [images[2], report]], wait_for=4)
+    assert code == pacs_cli.SOME_REFUSED, err[-2000:]
     srs = srs_in(orthanc, study)
     model = OnnxStudent(model_path)
     referenced = {str(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
@@ -347,6 +333,50 @@ def test_pacs_listen_stores_acknowledges_and_reports_each_complete_series(orthan
     results = read_lines(out / "results.jsonl")
     assert sorted(r["status"] for r in results) == ["refused", "stored", "stored", "stored"]
     assert not list((out / "spool").glob("*.dcm"))  # every spooled instance has its result line
+
+
+def _listen(orthanc, model_path, out: Path, batches: list[list], wait_for: int) -> tuple[int, str]:
+    """Run ``pacs listen`` (STOW-RS back to ``orthanc``), C-STORE ``batches`` to it (one association each), wait
+    until its results file has ``wait_for`` lines, stop it (SIGTERM); its exit code and stderr."""
+    import signal
+
+    port = orthanc_server.free_port()
+    env = {**os.environ, pacs_cli.PASSWORD_ENV: orthanc_server.PASSWORD}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "robust_student_runtime", "pacs", "listen", "--port", str(port), "--model",
+         str(model_path), "--url", orthanc.dicomweb, "--user", orthanc_server.USER, "--out", str(out),
+         "--stable-seconds", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        fx.wait_for_port(port, process)
+        for batch in batches:
+            assert _send(port, batch) == [0] * len(batch)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(read_lines(out / "results.jsonl")) < wait_for:
+            time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    return process.returncode, err
+
+
+def test_pacs_listen_records_an_sr_already_in_the_archive_in_its_results_and_its_audit(orthanc, model_path,
+                                                                                     tmp_path):
+    from pydicom.uid import generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    images = [fx.image_dataset(seed=30 + k, study=study, series=series) for k in range(2)]
+    upload(orthanc, {str(k): fx.save(ds, tmp_path / f"{k}.dcm") for k, ds in enumerate(images)})
+    assert run_node(orthanc, model_path, tmp_path / "run", study) == 0  # their SRs, stored by `pacs run`
+    out = tmp_path / "listen"
+    code, err = _listen(orthanc, model_path, out, [images], wait_for=len(images))
+    assert code == 0, err[-2000:]
+    results = read_lines(out / "results.jsonl")
+    assert [r["status"] for r in results] == ["already stored"] * 2
+    found = [a for a in read_lines(out / "audit.jsonl") if a["action"] == "found SR"]
+    assert sorted(a["source"]["sop"] for a in found) == sorted(str(ds.SOPInstanceUID) for ds in images)
+    assert {a["sr_sop"] for a in found} == {r["sr_sop"] for r in results}
+    assert all(a["store_status"] == "already stored" and a["destination"] == orthanc.dicomweb for a in found)
+    assert len(srs_in(orthanc, study)) == len(images)
 
 
 def _as_file(ds):

@@ -155,10 +155,14 @@ def test_a_409_from_an_archive_that_is_not_orthanc_is_already_stored_when_it_hol
         _StandIn.held = {str(sr.SOPInstanceUID)}
         assert archive.store(sr) == "already stored"
         assert len(_StandIn.posts) == 1  # a 409 is permanent: never retried, answered by a lookup
+        # a batch refused whole (409): each SR asked about alone, so one the archive holds is "already stored"
+        assert archive.store_many([sr]) == ["already stored"] and len(_StandIn.posts) == 3
         _StandIn.held = set()  # a 409 for an SR the archive does not hold is a real conflict: an error
         with pytest.raises(ArchiveRejected, match=r"HTTP 409"):
             archive.store(sr)
-        assert len(_StandIn.posts) == 2
+        assert len(_StandIn.posts) == 4
+        with pytest.raises(ArchiveRejected, match=r"HTTP 409"):
+            archive.store_many([sr])
         assert sr.SOPInstanceUID == result_uids(str(source.SOPInstanceUID), model.metadata["weights_sha256"]).sop
     finally:
         server.shutdown()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from ..images import one_line
 
@@ -164,6 +164,16 @@ class Archive:
                 out[uid] = -1 if count < 0 or out.get(uid, 0) < 0 else out.get(uid, 0) + count
         return out
 
+    def sr_series(self, study: str) -> set[str]:
+        """The Series Instance UIDs of every SR series in ``study`` (one QIDO-RS at the series level): the node's
+        SRs each have a series of their own, derived like their SOP Instance UID, so one search per study tells
+        which instances may already have an SR (then confirmed with :meth:`exists`) instead of one per instance."""
+        found = self._call("QIDO-RS series search", lambda: self.client.search_for_series(
+            study_instance_uid=study, search_filters={"Modality": "SR"}, fields=["SeriesInstanceUID"],
+            get_remaining=True))
+        return {uid for row in found if (uid := str(((row.get(TAGS["SeriesInstanceUID"]) or {}).get("Value")
+                                                      or [""])[0]))}
+
     def exists(self, study: str, sop: str) -> bool:
         """Whether the archive holds instance ``sop`` in ``study`` (QIDO-RS)."""
         found = self._call("QIDO-RS lookup", lambda: self.client.search_for_instances(
@@ -179,22 +189,51 @@ class Archive:
     def store(self, dataset: Any) -> str:
         """Store ``dataset``; ``"stored"``, or ``"already stored"`` (a 409 for an instance the archive holds)."""
         study, sop = str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
-
-        def post() -> Any:
-            return self.client.store_instances([dataset], study_instance_uid=study)
-
         try:
-            answer = self._call(f"STOW-RS store {sop}", post)
+            answer = self._post(study, [dataset], f"STOW-RS store {sop}")
         except ArchiveRejected as err:
             if "(HTTP 409)" in str(err) and self.exists(study, sop):
                 return "already stored"
             raise
-        failed = getattr(answer, "FailedSOPSequence", None) if answer is not None else None
+        failed = _failed(answer)
         if failed:
-            reasons = ", ".join(f"{item.get('ReferencedSOPInstanceUID', '?')}: 0x{int(item.get('FailureReason', 0)):04X}"
-                                for item in failed)
-            raise ArchiveRejected(f"STOW-RS store {sop}: the archive refused it ({reasons})")
+            raise ArchiveRejected(f"STOW-RS store {sop}: the archive refused it "
+                                  f"({', '.join(f'{uid}: 0x{reason:04X}' for uid, reason in failed.items())})")
         return "stored"
+
+    def store_many(self, datasets: Sequence[Any]) -> list[str]:
+        """Store ``datasets`` with one STOW-RS request per study (a batch's SRs in one round trip instead of one
+        each); each one's status as :meth:`store` gives it. An instance the archive refused in that request (it
+        is named in the answer's FailedSOPSequence), or every instance when the whole request was refused (a 409
+        from an archive that holds them all, a 400), is stored again alone by :meth:`store`, which tells
+        "already stored" from a real refusal and raises that one's error; transient failures are retried whole
+        (the SRs' UIDs are fixed, so a retried request stores nothing twice)."""
+        statuses: dict[int, str] = {}
+        by_study: dict[str, list[int]] = {}
+        for index, dataset in enumerate(datasets):
+            by_study.setdefault(str(dataset.StudyInstanceUID), []).append(index)
+        for study, indices in by_study.items():
+            uids = {str(datasets[i].SOPInstanceUID) for i in indices}
+            try:
+                failed = set(_failed(self._post(study, [datasets[i] for i in indices],
+                                                f"STOW-RS store of {len(indices)} SR(s) in study {study}")))
+            except ArchiveRejected:
+                failed = uids
+            if not failed <= uids:  # a failure naming no instance of the request: ask about each one alone
+                failed = uids
+            for i in indices:
+                statuses[i] = self.store(datasets[i]) if str(datasets[i].SOPInstanceUID) in failed else "stored"
+        return [statuses[i] for i in range(len(datasets))]
+
+    def _post(self, study: str, datasets: Sequence[Any], what: str) -> Any:
+        return self._call(what, lambda: self.client.store_instances(list(datasets), study_instance_uid=study))
+
+
+def _failed(answer: Any) -> dict[str, int]:
+    """SOP Instance UID -> failure reason of each instance a STOW-RS answer names as not stored."""
+    failed = getattr(answer, "FailedSOPSequence", None) if answer is not None else None
+    return {str(item.get("ReferencedSOPInstanceUID", "?")): int(item.get("FailureReason", 0) or 0)
+            for item in failed or []}
 
 
 def _stderr(message: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..images import one_line
-from .node import Counts, Reporter, _log, _source, header_refusal
+from .node import Counts, ExistingSRs, Reporter, _log, header_refusal
 from .report import result_uids
 from .state import JobState
 
@@ -125,14 +125,12 @@ def listen(args: Any, model: Any, state: JobState, stop: threading.Event) -> Cou
     spool.mkdir(parents=True, exist_ok=True)
     if args.send_to:
         destination: Any = DimseDestination(args.send_to, args.ae_title, args.retries, args.backoff)
-        exists = None
     else:
         from .cli import _archive
 
         destination = _archive(args)
-        exists = destination.exists
     reporter = Reporter(model, state, destination.store, top_k=args.top_k, batch_size=args.batch_size,
-                        destination=destination.url)
+                        destination=destination.url, store_many=getattr(destination, "store_many", None))
     ae = AE(ae_title=args.ae_title)
     ae.maximum_pdu_size = 0
     _supported_contexts(ae)
@@ -144,7 +142,7 @@ def listen(args: Any, model: Any, state: JobState, stop: threading.Event) -> Cou
     try:
         while True:
             stopping = stop.wait(0.5)
-            _process_stable(spool, reporter, state, exists, 0.0 if stopping else args.stable_seconds, pydicom)
+            _process_stable(spool, reporter, state, destination, 0.0 if stopping else args.stable_seconds, pydicom)
             if stopping:
                 break
     finally:
@@ -153,7 +151,7 @@ def listen(args: Any, model: Any, state: JobState, stop: threading.Event) -> Cou
     return reporter.counts
 
 
-def _process_stable(spool: Path, reporter: Reporter, state: JobState, exists: Any, stable: float,
+def _process_stable(spool: Path, reporter: Reporter, state: JobState, destination: Any, stable: float,
                     pydicom: Any) -> None:
     files = sorted(spool.glob("*.dcm"))
     if not files:
@@ -178,6 +176,7 @@ def _process_stable(spool: Path, reporter: Reporter, state: JobState, exists: An
         if now - newest[uid] < stable:
             continue  # still arriving
         pairs = []
+        existing = ExistingSRs(destination)
         for ref in sorted(refs, key=lambda r: (r.number, r.sop)):
             if state.is_done(ref.sop):
                 ref.path.unlink(missing_ok=True)
@@ -188,10 +187,8 @@ def _process_stable(spool: Path, reporter: Reporter, state: JobState, exists: An
                 ref.path.unlink(missing_ok=True)
                 continue
             uids = result_uids(ref.sop, reporter.digest)
-            if exists is not None and ref.study and exists(ref.study, uids.sop):
-                state.result({"source": _source(ref), "status": "already stored", "sr_series": uids.series,
-                              "sr_sop": uids.sop, "error": None})
-                reporter.counts.already += 1
+            if existing.holds(ref.study, uids):
+                reporter.found(ref, uids)
                 ref.path.unlink(missing_ok=True)
                 continue
             try:

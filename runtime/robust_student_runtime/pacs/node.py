@@ -6,9 +6,11 @@ For each instance the archive lists (QIDO-RS), in study / series / instance orde
 2. not an image storage SOP class, or an SR / PR / SEG / KO / RT object (the node's own SRs included): refused
    from the search attributes alone, never retrieved;
 3. its SR (UIDs derived from the instance and the model digest) already in the archive: recorded as
-   ``already stored`` without predicting (a restart after a kill between store and record);
+   ``already stored`` without predicting (a restart after a kill between store and record); looked up with one
+   QIDO-RS per study (its SR series), confirmed per instance only when its SR's series is there;
 4. retrieved (WADO-RS), predicted in batches with :meth:`OnnxStudent.predict` (every refusal of the runner is
-   that instance's one-line result and the batch goes on), reported as a TID 1500 SR and stored (STOW-RS).
+   that instance's one-line result and the batch goes on), reported as a TID 1500 SR and stored (STOW-RS, one
+   request per batch and study).
 
 The next batch is retrieved (its own HTTP session, one prefetch thread) and the previous batch's SRs are stored
 and recorded (one store thread) while a batch is predicted and reported; result lines are written only after
@@ -30,7 +32,7 @@ from typing import Any, Callable, Sequence
 from ..dicom import IMAGE_STORAGE, NEVER_MODALITIES, sop_class_name
 from ..images import one_line
 from ..student import OnnxStudent, Prediction
-from .report import ReportBuilder, result_uids, top_classes
+from .report import ReportBuilder, ResultUIDs, result_uids, top_classes
 from .state import JobState
 
 KILL_AFTER_STORES = "ROBUST_STUDENT_PACS_KILL_AFTER_STORES"  # fault injection for the restart test only
@@ -73,8 +75,11 @@ class Reporter:
 
     def __init__(self, model: OnnxStudent, state: JobState, store: Callable[[Any], str], *, top_k: int = 3,
                  batch_size: int = 16, destination: str = "", log: Callable[[str], None] = _log,
-                 background_store: bool = False) -> None:
-        self.model, self.state, self.store = model, state, store
+                 background_store: bool = False,
+                 store_many: Callable[[Sequence[Any]], list[str]] | None = None) -> None:
+        """``store`` stores one SR and says how (``"stored"`` / ``"already stored"``); ``store_many``, when the
+        destination has one, stores a batch's SRs in one go (one STOW-RS request instead of one per SR)."""
+        self.model, self.state, self.store, self.store_many = model, state, store, store_many
         self.top_k, self.batch_size, self.destination, self.log = top_k, batch_size, destination, log
         self.builder = ReportBuilder(model, top_k=top_k)  # highdicom's constant pieces, built once per job
         self.identity = self.builder.identity
@@ -88,6 +93,16 @@ class Reporter:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stow")
+
+    def found(self, ref: Any, uids: ResultUIDs) -> None:
+        """Record an instance whose SR is already in the archive (found before predicting): its result line and
+        its audit entry, as for an SR stored now."""
+        self.state.result({"source": _source(ref), "status": "already stored", "sr_series": uids.series,
+                           "sr_sop": uids.sop, "error": None})
+        self.state.audit("found SR", source=_source(ref), sr_series=uids.series, sr_sop=uids.sop,
+                         store_status="already stored", destination=self.destination)
+        self.counts.already += 1
+        self.log(f"{ref.sop}: its SR {uids.sop} is already in the archive")
 
     def refuse(self, ref: Any, reason: str) -> None:
         reason = one_line(reason)
@@ -133,17 +148,31 @@ class Reporter:
             self._pool.shutdown(wait=True)
 
     def _store_all(self, built: Sequence[tuple[Any, Prediction, Any]]) -> None:
-        for ref, prediction, sr in built:
-            self._store_one(ref, prediction, sr)
+        """Store the batch's SRs (in one go with ``store_many``, else one by one), then record each stored one."""
+        if not built:
+            return
+        if self.store_many is None:
+            for item in built:
+                self._record(item, self._stored([item], lambda: [self.store(item[2])])[0])
+            return
+        statuses = self._stored(built, lambda: self.store_many([sr for _, _, sr in built]))
+        for item, status in zip(built, statuses):
+            self._record(item, status)
 
-    def _store_one(self, ref: Any, prediction: Prediction, sr: Any) -> None:
-        uids = result_uids(ref.sop, self.digest)
+    def _stored(self, built: Sequence[tuple[Any, Prediction, Any]], store: Callable[[], list[str]]) -> list[str]:
+        """``store()``'s statuses; when it raises, an audit entry for each SR it was storing, then the error."""
         try:
-            status = self.store(sr)
+            return store()
         except Exception as err:
-            self.state.audit("store failed", source=_source(ref), sr_sop=uids.sop, destination=self.destination,
-                             error=one_line(str(err)))
+            for ref, _, sr in built:
+                self.state.audit("store failed", source=_source(ref), sr_sop=str(sr.SOPInstanceUID),
+                                 destination=self.destination, error=one_line(str(err)))
             raise
+
+    def _record(self, item: tuple[Any, Prediction, Any], status: str) -> None:
+        """The result line and audit entry of an SR the archive now holds."""
+        ref, prediction, _ = item
+        uids = result_uids(ref.sop, self.digest)
         self._stores += 1
         if self._kill_after and self._stores >= self._kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # the worst moment: stored, not yet recorded
@@ -162,6 +191,30 @@ class Reporter:
         else:
             self.counts.already += 1
         self.log(f"{ref.sop}: {prediction.label} {prediction.probability:.4f} -> SR {uids.sop} ({status})")
+
+
+class ExistingSRs:
+    """Whether the archive already holds an instance's SR, with one QIDO-RS per study instead of one per instance.
+
+    The SRs' series are listed once per study (``archive.sr_series``; instances come study by study, so only the
+    current study's list is kept); an SR whose derived series is not listed is not there, and one whose series is
+    listed is confirmed by its SOP Instance UID (``archive.exists``). A destination without ``sr_series`` is
+    asked per instance; one without ``exists`` (a DIMSE destination) is never asked."""
+
+    def __init__(self, archive: Any) -> None:
+        self.archive = archive
+        self.study: str | None = None
+        self.series: set[str] = set()
+
+    def holds(self, study: str, uids: ResultUIDs) -> bool:
+        if not study or not hasattr(self.archive, "exists"):
+            return False
+        if hasattr(self.archive, "sr_series"):
+            if study != self.study:
+                self.study, self.series = study, self.archive.sr_series(study)
+            if uids.series not in self.series:
+                return False
+        return bool(self.archive.exists(study, uids.sop))
 
 
 def _fetch(archive: Any, refs: Sequence[Any]) -> list[tuple[Any, Any]]:
@@ -232,7 +285,7 @@ def run_job(archive: Any, model: OnnxStudent, state: JobState, *, study: str | N
     """One pass over the archive (or, with ``watch``, passes every ``interval`` seconds until ``stop``)."""
     stop = stop or threading.Event()
     reporter = Reporter(model, state, archive.store, top_k=top_k, batch_size=batch_size, destination=archive.url,
-                        log=log, background_store=True)
+                        log=log, background_store=True, store_many=getattr(archive, "store_many", None))
     state.audit("job started", archive=archive.url, study=study, since=since, modalities=list(modalities or []),
                 model=str(model.path), model_name=reporter.identity["name"],
                 validation_status=reporter.identity["validation_status"])
@@ -253,6 +306,7 @@ def _passes(archive: Any, reporter: Reporter, state: JobState, prefetch: _Prefet
     known: dict[str, int] = {}  # study -> its instance count when last searched (watch: only changed studies)
     while True:
         refs = _new_refs(archive, study, since, modalities, known)
+        existing = ExistingSRs(archive)
         pending = []
         for ref in refs:
             if state.is_done(ref.sop):  # every instance of a pass has its result line when the pass ends
@@ -261,12 +315,8 @@ def _passes(archive: Any, reporter: Reporter, state: JobState, prefetch: _Prefet
             reason = header_refusal(ref.sop_class, ref.modality)
             if reason:
                 reporter.refuse(ref, reason)
-            elif archive.exists(ref.study, (uids := result_uids(ref.sop, reporter.digest)).sop):
-                state.result({"source": _source(ref), "status": "already stored", "sr_series": uids.series,
-                              "sr_sop": uids.sop, "error": None})
-                state.audit("found SR", source=_source(ref), sr_sop=uids.sop, store_status="already stored")
-                reporter.counts.already += 1
-                log(f"{ref.sop}: its SR {uids.sop} is already in the archive")
+            elif existing.holds(ref.study, uids := result_uids(ref.sop, reporter.digest)):
+                reporter.found(ref, uids)
             else:
                 pending.append(ref)
             if len(pending) >= batch_size:
@@ -299,4 +349,4 @@ def _new_refs(archive: Any, study: str | None, since: str | None, modalities: Se
     return refs
 
 
-__all__ = ["run_job", "Reporter", "header_refusal", "Counts", "KILL_AFTER_STORES"]
+__all__ = ["run_job", "Reporter", "ExistingSRs", "header_refusal", "Counts", "KILL_AFTER_STORES"]
