@@ -4,6 +4,7 @@
         --final fmnist-clip-robust=robust_student/teachers/weights/fmnist-clip-robust/training.json \
         --out benchmarks/results/learning_curve_fmnist_clip_robust
     python benchmarks/learning_curve.py RUN_A=flagship RUN_B=pgd-at --final flagship=eval_a.json --out STEM
+    python benchmarks/learning_curve.py robust_student/teachers/weights/fmnist-clip-robust=pgd-at ...  # a shipped one
 
 Each run folder's ``metrics.jsonl`` holds one ``eval`` record per validation (clean and robust accuracy under
 the run's ``val_attack`` on its validation images), stamped by the trainer with ``cpu_seconds`` (the training
@@ -23,11 +24,18 @@ from typing import Any
 
 
 def read_curve(run_dir: Path) -> list[dict[str, Any]]:
-    """The validation records of a run, in order; refuses a run whose records carry no CPU time."""
+    """The validation records of a run, in order: a run folder's ``metrics.jsonl``, or the ``history`` a zoo
+    entry's ``training.json`` (or its folder) ships, so a shipped model's curve is redrawn from committed files.
+    Refuses a run whose records carry no CPU time."""
+    shipped = run_dir if run_dir.suffix == ".json" else run_dir / "training.json"
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"{run_dir}: no metrics.jsonl (give a run folder written by robust-student fit)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if shipped.is_file():
+        records = json.loads(shipped.read_text())["history"]
+    elif path.is_file():
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        raise SystemExit(f"{run_dir}: no metrics.jsonl (give a run folder written by robust-student fit) and no "
+                         "training.json (a zoo entry's folder)")
     evals = [r for r in records if r.get("kind") == "eval"]
     if not evals:
         raise SystemExit(f"{run_dir}: no validation records yet (the first comes after the first epoch)")

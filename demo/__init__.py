@@ -1,8 +1,8 @@
 """The Gradio clean-vs-attacked demo (``import robust_student.demo``; needs the ``[demo]`` extra).
 
 ``build_demo(student=..., teacher=..., onnx=...)`` returns the Blocks (to embed or test), ``launch(demo)`` serves
-it on 127.0.0.1; ``robust-student demo`` does both with the quickstart student by default. The attack logic is
-in :mod:`.attack` as plain functions.
+it on 127.0.0.1; ``robust-student demo`` does both, by default with the best shipped student (the built-in zoo
+entry with the highest recorded AutoAttack accuracy). The attack logic is in :mod:`.attack` as plain functions.
 """
 
 from __future__ import annotations

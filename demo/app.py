@@ -45,11 +45,11 @@ def load_models(student: Any, teacher: Any = DEFAULT_TEACHER, onnx: Any = None) 
     an ``hf-hub:org/name`` id or a Student; ``teacher`` a teacher name or a Teacher (its classes are set to the
     student's); ``onnx`` an ONNX file (run with ``robust_student.export.OnnxStudent``) or a callable."""
     from robust_student.data.base import resolve_prompts
-    from robust_student.students.io import fetch_from_hub
+    from robust_student.students.io import saved_student_folder
 
     folder = None
     if isinstance(student, (str, Path)):
-        folder = fetch_from_hub(str(student)) if str(student).startswith("hf-hub:") else Path(student)
+        folder = saved_student_folder(student)
         student = load_student(folder)
     labels = student.labels
     teacher_model = None
@@ -133,12 +133,17 @@ def report_markdown(folder: Path | None) -> tuple[str, str | None]:
     """The Robustness-report tab: the saved report as Markdown and the eps-curve image, or what is missing."""
     if folder is None:
         return "No saved folder was given, so there is no report to show.", None
+    from robust_student.teachers.builtin import recorded_report
+
     evidence = folder / "robustness.json"
-    if not evidence.is_file():
-        return (f"{folder} has no robustness.json: write the folder with `save_pretrained` (or run "
-                "`make quickstart`) to see its report here."), None
-    data = json.loads(evidence.read_text(encoding="utf-8"))
-    text = (RobustnessReport.from_dict(data["robustness"]).to_markdown() if data.get("robustness")
+    if evidence.is_file():
+        report = json.loads(evidence.read_text(encoding="utf-8")).get("robustness")
+    else:  # a built-in zoo entry ships its evaluation in training.json
+        report = recorded_report(folder)
+        if report is None:
+            return (f"{folder} has no robustness.json: write the folder with `save_pretrained` (or run "
+                    "`make quickstart`) to see its report here."), None
+    text = (RobustnessReport.from_dict(report).to_markdown() if report
             else "The saved folder records no robustness evaluation.")
     curve = folder / "eps_curve.png"
     return text, str(curve) if curve.is_file() else None
@@ -146,7 +151,8 @@ def report_markdown(folder: Path | None) -> tuple[str, str | None]:
 
 def build_demo(student: Any = None, teacher: Any = DEFAULT_TEACHER, onnx: Any = None, *,
                examples: list[str] | None = None, concurrency: int = 2, max_queue: int = 16) -> Any:
-    """The Gradio Blocks of the demo (see the module docstring); ``student=None`` uses the quickstart's."""
+    """The Gradio Blocks of the demo (see the module docstring); ``student=None`` opens on the best shipped
+    student (:func:`default_student`)."""
     import gradio as gr
 
     if student is None:
@@ -255,14 +261,10 @@ def _default_eps(folder: Path | None) -> int:
 
 
 def default_student() -> Path:
-    """The quickstart's student (its Hub-ready folder if written, else the run's saved student)."""
-    from robust_student.quickstart import DEFAULT_OUTPUT
+    """The best shipped student: the built-in zoo entry with the highest recorded AutoAttack accuracy."""
+    from robust_student.teachers.builtin import WEIGHTS_DIR, best_shipped
 
-    for candidate in (Path(DEFAULT_OUTPUT) / "hub", Path(DEFAULT_OUTPUT) / "run" / "student"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"no student to show: there is no quickstart student in {DEFAULT_OUTPUT}/. Make one "
-                            "with `make quickstart` (or pass --student DIR_OR_HUB_ID)")
+    return WEIGHTS_DIR / best_shipped()
 
 
 def launch(demo: Any, *, host: str = "127.0.0.1", port: int | None = None, block: bool = True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .api import RobustDistiller
 from .attacks import list_attacks
+from .comparison import PairedDifference, paired_difference
 from .config import (AttackConfig, ConfigError, DataConfig, DistillConfig, EvalConfig, TeacherSpec, ThreatConfig,
                      TrainConfig)
 from .data import build_dataset, list_datasets
@@ -27,6 +28,6 @@ __all__ = [
     "Teacher", "create_teacher", "list_teachers", "describe_teacher",
     "Student", "create_student", "list_students", "load_student", "save_student",
     "build_dataset", "list_datasets",
-    "evaluate_robustness", "RobustnessReport", "list_attacks",
+    "evaluate_robustness", "RobustnessReport", "list_attacks", "paired_difference", "PairedDifference",
     "__version__",
 ]

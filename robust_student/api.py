@@ -27,6 +27,7 @@ from .data import DATASETS, build_dataset, check_training_data
 from .evaluation import RobustnessReport, check_request, evaluate_robustness
 from .methods import METHODS, Method, create_method
 from .students import STUDENTS, Student, create_student, for_classes
+from .students.io import check_init_source, init_from_saved
 from .teachers import TEACHERS, Teacher, create_teacher
 from .training import Trainer, TrainResult, preflight
 
@@ -176,6 +177,8 @@ class RobustDistiller:
             image_size = cfg.dataset.image_size or int(train_set[0]["image"].shape[-1])
             torch.manual_seed(cfg.train.seed)
             self._student = create_student(cfg.student, primary, image_size=image_size, **cfg.student_args)
+            if cfg.student_init:
+                init_from_saved(self._student, check_init_source(cfg.student_init, cfg.student, cfg.student_args))
             self._student.labels = train_set.labels
         method = create_method(cfg.method, cfg.method_args, threat=cfg.threat, attack=cfg.attack,
                                num_classes=train_set.num_classes, embed_dim=self._student.embed_dim)
@@ -296,6 +299,11 @@ class RobustDistiller:
             TEACHERS.resolve(cfg.teacher)
         if self._student is None:
             STUDENTS.resolve(cfg.student)
+            if cfg.student_init:
+                check_init_source(cfg.student_init, cfg.student, cfg.student_args)
+        elif cfg.student_init:
+            raise ValueError("student_init starts a student built by the run; a Student was passed in: load its "
+                             "weights yourself, or pass the student's name")
         unknown_roles = sorted(set(cfg.teachers) - set(method_cls.teacher_roles))
         if unknown_roles:
             raise ValueError(f"teachers names role(s) {unknown_roles} that method {cfg.method!r} does not use; its "

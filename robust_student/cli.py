@@ -43,8 +43,10 @@ def command(name: str, help: str):
 
 def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="fashion-mnist", help="dataset spec (default: fashion-mnist)")
-    p.add_argument("--teacher", default="fmnist-clip", help="teacher name (default: the built-in fmnist-clip)")
-    p.add_argument("--student", default="resnet_tiny", help="student architecture (default: resnet_tiny)")
+    p.add_argument("--teacher", default=None, help="teacher name (default: the recipe's, fmnist-clip-robust)")
+    p.add_argument("--student", default=None,
+                   help="student architecture (default: the recipe's resnet_tiny, started from a shipped robust "
+                        "student; another architecture starts from random weights)")
     from .quickstart import DEFAULT_OUTPUT
 
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"folder for the run's artifacts (default: {DEFAULT_OUTPUT})")
@@ -237,6 +239,46 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="robustness report of model A (robust-student eval --output A.json)")
+    p.add_argument("b", help="robustness report of model B, on the same images (same --data, --eps, "
+                             "--n-examples, --seed)")
+    p.add_argument("--attacks", nargs="+", default=None,
+                   help="which accuracies to compare (default: clean and every attack both reports ran)")
+    p.add_argument("--output", help="also write the comparison as JSON to this file")
+
+
+@command("compare", "paired comparison of two models' reports on the same images: difference and its standard "
+                    "error")(_compare_args)
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .comparison import paired_difference
+    from .evaluation import RobustnessReport
+    from .fileio import read_json
+    from .formatting import format_percent
+
+    a, b = (RobustnessReport.from_dict(read_json(path, "robustness report")) for path in (args.a, args.b))
+    attacks = args.attacks or [name for name in a.per_example if name in b.per_example] or ["clean"]
+    results = [paired_difference(a, b, attack) for attack in attacks]
+    print(f"A = {a.model}, B = {b.model}: {a.n_examples} images of {a.dataset} ({a.selection}), {a.threat} eps "
+          f"{a.eps_text}")
+    print("| accuracy | A | B | A - B | paired SE | z | only A right | only B right |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.attack} | {format_percent(r.a_accuracy)} | {format_percent(r.b_accuracy)} | "
+              f"{100 * r.difference:+.1f} pts | {100 * r.standard_error:.1f} pts | {r.z:+.2f} | {r.only_a} | "
+              f"{r.only_b} |")
+    if args.output:
+        record = {"a": {"model": a.model, "report": args.a}, "b": {"model": b.model, "report": args.b},
+                  "n": a.n_examples, "dataset": a.dataset, "threat": a.threat, "eps": a.eps, "seed": a.seed,
+                  "comparisons": [r.to_dict() for r in results]}
+        Path(args.output).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"comparison written to {args.output}")
+    return 0
+
+
 def _model_for_eval(spec: str):
     """A saved student folder, or a registered teacher; a path that is neither says so (not "unknown teacher")."""
     from pathlib import Path
@@ -285,7 +327,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", default=None,
-                   help="a saved student folder or hf-hub:org/name (default: the quickstart's)")
+                   help="a saved student folder, a built-in zoo entry or hf-hub:org/name "
+                        "(default: the best shipped student)")
     p.add_argument("--teacher", default="fmnist-clip", help="the teacher to compare with (default: fmnist-clip)")
     p.add_argument("--no-teacher", action="store_true", help="show the student only")
     p.add_argument("--onnx", default=None, help="an exported model.onnx to attack with Square")
@@ -306,20 +349,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- ONNX export, prediction and validation (robust_student.export, reached lazily) ------------------------
 
 VALIDATION_FAILED = 3  # exit status when an artifact fails validation (or some images could not be classified)
-
-
-def _saved_student_dir(spec: str):
-    """A saved student folder, or a run folder holding one in ``student/``."""
-    from pathlib import Path
-
-    from .students.io import CONFIG, WEIGHTS
-
-    path = Path(spec).expanduser()
-    for folder in (path, path / "student"):
-        if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
-            return folder
-    raise FileNotFoundError(f"{spec}: neither a saved student (a folder with {CONFIG} and {WEIGHTS}) nor a run "
-                            "folder with one in student/ (written by robust-student fit)")
 
 
 def _threat_args(p: argparse.ArgumentParser, default_text: str) -> None:
@@ -371,11 +400,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .config import DataConfig
     from .data import build_dataset
     from .export import ExportValidationError, export_onnx
-    from .students.io import load_student, read_student_config
+    from .students.io import load_student, read_student_config, saved_student_folder
 
     if args.validate_n < 0:
         raise ValueError(f"--validate-n must be >= 0, got {args.validate_n}")
-    folder = _saved_student_dir(args.student)
+    folder = saved_student_folder(args.student)
     config = read_student_config(folder)
     run = config.get("config") or {}
     recorded_eval = run.get("eval")
@@ -478,7 +507,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .attacks import make_threat
     from .data import DATASETS, build_dataset
     from .export import OnnxStudent, validate_artifact, validate_onnx
-    from .students.io import load_student
+    from .students.io import load_student, saved_student_folder
 
     DATASETS.resolve(args.data)
     # Loading refuses a tampered file before any data loads.
@@ -490,7 +519,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     common = dict(threat=threat, n_examples=args.n_examples, square_queries=args.square_queries,
                   dataset_name=f"{args.data} ({args.split})", providers=args.providers, threads=args.threads)
     if args.student:
-        report = validate_onnx(args.model, load_student(_saved_student_dir(args.student)), dataset, **common)
+        report = validate_onnx(args.model, load_student(saved_student_folder(args.student)), dataset, **common)
     else:
         surrogate, name = _surrogate(args.surrogate, artifact, dataset)
         report = validate_artifact(args.model, dataset, surrogate=surrogate, surrogate_name=name, **common)

@@ -455,6 +455,9 @@ class DistillConfig(ConfigBase):
     (``{"adv": "open_clip:hf-hub:chs20/fare2-clip", "clean": {"name": "fmnist-clip", "trainable": "none"}}``) and
     wins over ``teacher`` for a role it names. ``teacher_args`` go to every role's factory (a role's own
     ``args`` override them). ``method_args`` are validated by the method's own config class.
+    ``student_init``: start the student from a saved student of the same architecture instead of random
+    weights (a folder, a run folder, a built-in zoo entry such as ``fmnist-clip-robust``, or ``hf-hub:org/name``):
+    its image encoder is loaded, the classifier stays the teacher's text embeddings of this run's classes.
     """
 
     teacher: str = "fmnist-clip"
@@ -464,6 +467,7 @@ class DistillConfig(ConfigBase):
     teachers: dict[str, TeacherSpec] = field(default_factory=dict)
     teacher_args: dict[str, Any] = field(default_factory=dict)
     student_args: dict[str, Any] = field(default_factory=dict)
+    student_init: str | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)

@@ -47,7 +47,9 @@ class RobustnessReport:
     """Clean and robust accuracy of one model on one dataset under one threat model, with everything needed
     to reproduce and trust it. Accuracies are fractions in [0, 1]; ``per_class[name]`` holds ``n`` and the
     accuracy under ``clean`` and each attack. ``checks`` are ``{name, passed, detail}`` dicts (``passed`` None =
-    could not run)."""
+    could not run). ``per_example[name]`` is one ``"0"``/``"1"`` character per example (in selection order) for
+    ``clean`` and each attack: what a paired comparison of two models on the same images needs
+    (:func:`robust_student.comparison.paired_difference`)."""
 
     dataset: str
     model: str
@@ -67,6 +69,7 @@ class RobustnessReport:
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     sanity_sweep: dict[str, Any] = field(default_factory=dict)
+    per_example: dict[str, str] = field(default_factory=dict)
 
     @property
     def eps_text(self) -> str:
@@ -404,11 +407,17 @@ def evaluate_robustness(
         attack_settings={name: attack.settings(threat, num_classes) for name, attack in named.items()},
         checks=check_results, seed=seed, versions=library_versions(), num_classes=num_classes,
         worst_case_accuracy=worst, selection=selection, seconds=seconds, warnings=warnings, sanity_sweep=sweep,
+        per_example={name: _bits(flags) for name, flags in {"clean": clean, **correct}.items()},
     )
     if report.failed_checks:
         logger.warning("robustness report for %s: %d gradient-masking check(s) FAILED: %s", report.model,
                        len(report.failed_checks), ", ".join(c["name"] for c in report.failed_checks))
     return report
+
+
+def _bits(flags: Tensor) -> str:
+    """Per-example outcomes as a compact string: ``"1"`` correct, ``"0"`` wrong, in example order."""
+    return "".join("1" if f else "0" for f in flags.bool().tolist())
 
 
 # -- robust accuracy against eps ------------------------------------------------------------------------------

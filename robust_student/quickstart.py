@@ -38,6 +38,7 @@ class QuickstartSummary:
     output_dir: str
     seconds: float = 0.0
     method: str = ""
+    student_init: str = ""  # the saved student the run started from ("": random weights)
     train_steps: int = 0
     train_seconds: float = 0.0
     student_clean_accuracy: float | None = None
@@ -61,7 +62,9 @@ class QuickstartSummary:
         if self.student_clean_accuracy is not None:
             attacked = ", ".join(f"{attack_title(name)} {format_percent(value)}"
                                  for name, value in self.student_robust_accuracy.items())
-            lines.append(f"  distilled with {self.method} ({self.train_steps} steps, {self.train_seconds:.0f} s)")
+            start = f"from {self.student_init}" if self.student_init else "from random weights"
+            lines.append(f"  distilled with {self.method} {start} ({self.train_steps} steps, "
+                         f"{self.train_seconds:.0f} s)")
             lines.append(f"  test accuracy on {self.n_eval} test images ({self.eval_threat}): clean "
                          f"{format_percent(self.student_clean_accuracy)}" + (f", {attacked}" if attacked else ""))
         for artifact in self.onnx:
@@ -112,7 +115,7 @@ def _export(distiller: Any, path: Path, quantize: str | None, options: dict[str,
             "report_text": result.report.to_text()}
 
 
-def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", data: str = "fashion-mnist",
+def run_quickstart(teacher: str | None = None, student: str | None = None, data: str = "fashion-mnist",
                    output_dir: str | Path = DEFAULT_OUTPUT, recipe: str = "quickstart",
                    overrides: dict[str, Any] | None = None,
                    export_options: dict[str, Any] | None = None, check_examples: int = CHECK_EXAMPLES,
@@ -120,18 +123,26 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
                    curve_examples: int = CURVE_EXAMPLES) -> QuickstartSummary:
     """Run the quickstart and write ``summary.json`` into ``output_dir``.
 
+    ``teacher`` and ``student`` default to the recipe's; a student other than the recipe's starts from random
+    weights (the recipe's ``student_init`` is a saved student of its own architecture).
     ``recipe`` and ``overrides`` (``RobustDistiller`` keywords) set the distillation run and its evaluation
     (``eval.attacks``, ``eval.n_examples``); its checkpoints, metrics and final student go to ``<output_dir>/run``. The student is exported to ``student.onnx`` and
     ``student.int8.onnx``, each validated under attack (``export_options`` go to ``RobustDistiller.export_onnx``,
     e.g. ``{"n_examples": 50}``); an artifact that fails validation is reported and not written.
     """
-    from .api import RobustDistiller
+    from .api import RobustDistiller, load_recipe
     from .data import build_dataset
     from .evaluation import eps_curve
     from .teachers import create_teacher
     from .teachers.zeroshot import zero_shot_accuracy
 
     start = time.perf_counter()
+    config = load_recipe(recipe)
+    teacher = teacher or config.teacher
+    overrides = dict(overrides or {})
+    if "student_init" in overrides or (student and student != config.student):  # None clears it (not dropped)
+        config = config.with_overrides({"student_init": overrides.pop("student_init", None)})
+    student = student or config.student
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
 
@@ -142,9 +153,9 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
     accuracy = zero_shot_accuracy(teacher_model, test_set)
 
     # Distil (DGHFA by default) and attack the result with the recipe's attacks on a seeded test subset.
-    distiller = RobustDistiller.from_config(recipe, teacher=teacher_model, student=student, dataset=data,
+    distiller = RobustDistiller(config=config, teacher=teacher_model, student=student, dataset=data,
                                             **{"train.output_dir": str(output / "run"), "train.overwrite": True,
-                                               **(overrides or {})})
+                                               **overrides})
     student_model = distiller.fit()
     logger.info("evaluating the student: %s", ", ".join(distiller.config.eval.attacks))
     report = distiller.evaluate(check_examples=check_examples, check_square_queries=check_square_queries,
@@ -158,7 +169,8 @@ def run_quickstart(teacher: str = "fmnist-clip", student: str = "resnet_tiny", d
         teacher=teacher, dataset=data, teacher_zero_shot_accuracy=accuracy, n_test=len(test_set),
         student=student, student_parameters=sum(p.numel() for p in student_model.parameters()),
         teacher_parameters=sum(p.numel() for p in teacher_model.parameters()), output_dir=str(output),
-        method=distiller.config.method, train_steps=distiller.result.steps,
+        method=distiller.config.method, student_init=distiller.config.student_init or "",
+        train_steps=distiller.result.steps,
         train_seconds=distiller.result.seconds, student_clean_accuracy=report.clean_accuracy,
         student_pgd20_accuracy=report.robust_accuracy.get("pgd20"),
         student_robust_accuracy=dict(report.robust_accuracy), eval_threat=f"{report.threat} eps {report.eps_text}",

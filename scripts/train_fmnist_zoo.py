@@ -6,6 +6,8 @@
     .venv/bin/python scripts/train_fmnist_zoo.py --model robust --threads 2 --weight-decay 5e-4   # ~0.7 CPU h + 31 min AA
     .venv/bin/python scripts/train_fmnist_zoo.py --regression fmnist-clip-robust --threads 1     # its regression guard
     .venv/bin/python scripts/train_fmnist_zoo.py --eval-only fmnist-clip   # the base teacher, same evaluation
+    .venv/bin/python scripts/train_fmnist_zoo.py --ship RUN --name fmnist-clip-rslad --recipe flagship_rslad_tiny
+        # a student trained by `robust-student fit --recipe flagship_rslad_tiny` -> a zoo entry, same evaluation
 
 * ``fare``: fmnist-clip's image tower fine-tuned with FARE (``method="fare"``, student ``clip`` = the teacher's
   own tower) at L-inf eps 0.1, the Fashion-MNIST literature's radius;
@@ -78,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", help="run folder (default runs/zoo/<model>)")
     p.add_argument("--out", help="where to write the teacher (default robust_student/teachers/weights/fmnist-clip-<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    p.add_argument("--ship", metavar="RUN", help="ship the student of a finished `robust-student fit` run folder as "
+                                                 "zoo entry --name (evaluated like the others)")
+    p.add_argument("--name", help="the zoo name of a shipped student (with --ship), e.g. fmnist-clip-rslad")
+    p.add_argument("--recipe", help="the recipe the shipped run was trained with (with --ship)")
     p.add_argument("--regression", metavar="TEACHER",
                    help="only write TEACHER's regression guard (weights/TEACHER/regression.json: clean and PGD-20 "
                         "accuracy on the first --n-regression test images, which tests/test_zoo.py reproduces)")
@@ -157,6 +163,53 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "student_dir": str(workdir / "student")}
 
 
+def ship_run(args: argparse.Namespace, command: str) -> Path:
+    """Copy a finished fit run's student into the zoo as ``--name`` with its ``training.json`` (the recipe, the
+    run's config and validation history, its CPU budget, and the same zero-shot evaluation as every zoo entry)."""
+    from robust_student.api import load_recipe
+    from robust_student.students.io import read_student_config
+    from robust_student.teachers.distilled import load_student_teacher
+    from robust_student.training.run_dir import config_differences
+
+    if not (args.name and args.recipe):
+        raise SystemExit("--ship needs --name (e.g. fmnist-clip-rslad) and --recipe (the one the run was trained with)")
+    run = Path(args.ship)
+    saved = read_student_config(run / "student")
+    recipe = load_recipe(args.recipe).to_dict()
+    differences = config_differences(recipe, saved["config"])
+    if recipe["train"]["epochs"] != saved["config"]["train"]["epochs"]:  # resumable, yet part of the recipe
+        differences.append(f"train.epochs: {recipe['train']['epochs']} -> {saved['config']['train']['epochs']}")
+    if differences:  # what ships must be what the recipe trains
+        raise SystemExit(f"{run} was not trained with recipe {args.recipe}: {'; '.join(differences)}")
+    history = saved.get("history") or []
+    if not history or history[-1].get("epoch") != saved["config"]["train"]["epochs"] - 1:
+        raise SystemExit(f"{run} has not finished its {saved['config']['train']['epochs']} epochs")
+    out = Path(args.out or WEIGHTS / args.name)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(run / "student" / name, out / name)
+    last = history[-1]
+    config = saved["config"]
+    record = {
+        "command": command, "train_command": f"robust-student fit --recipe {args.recipe} --set train.output_dir=RUN",
+        "model": args.name, "recipe": args.recipe, "method": config["method"], "student": config["student"],
+        "teacher": config["teacher"], "student_init": config.get("student_init"), "base_teacher": "fmnist-clip",
+        "what": f"{config['student']} distilled with {config['method']} from {config['teacher']} (recipe "
+                f"{args.recipe}), classifying with fmnist-clip's text embeddings",
+        "config": config, "history": history,
+        "budget": {"epochs": config["train"]["epochs"], "train_images": config["dataset"]["max_train_examples"],
+                   "wall_hours": round(last["train_seconds"] / 3600, 3),
+                   "cpu_hours": round(last["cpu_seconds"] / 3600, 3)},
+        "zero_shot_test": zero_shot_robustness(load_student_teacher(out, name=args.name), args),
+        "weights_bytes": (out / "model.safetensors").stat().st_size,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "license": {"weights": "Apache-2.0", "data": "MIT (Fashion-MNIST, Zalando Research)"},
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_card(out)
+    return out
+
+
 def regression_guard(name: str, n: int, eps: float) -> dict[str, Any]:
     """Clean and PGD-20 zero-shot accuracy of a registered teacher on the first ``n`` test images: seconds to
     measure, so a test can check that the shipped weights still give what they gave when they shipped."""
@@ -215,8 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(record, indent=2) + "\n")
         log.info("written %s", path)
         return 0
+    if args.ship:
+        out = ship_run(args, command)
+        log.info("shipped %s: register it in robust_student/teachers/builtin.py ZOO, then write its regression "
+                 "guard with --regression %s", out, out.name)
+        return 0
     if not args.model:
-        raise SystemExit("give --model fare|tecoa|cnn|robust or --eval-only TEACHER")
+        raise SystemExit("give --model fare|tecoa|cnn|robust, --ship RUN or --eval-only TEACHER")
     run = train(args)
     if args.train_only:
         return 0

@@ -103,7 +103,8 @@ def test_baseline_recipes_exist_with_paper_settings():
     ard = load_recipe("ard_paper")
     assert ard.method_args["temperature"] == 30 and ard.attack.student_mode == "train"
     quick = load_recipe("quickstart")
-    assert (quick.teacher, quick.student, quick.method) == ("fmnist-clip", "resnet_tiny", "dghfa")
+    assert (quick.teacher, quick.student, quick.method) == ("fmnist-clip-robust", "resnet_tiny", "dghfa")
+    assert quick.student_init == "fmnist-clip-robust"  # starts from a shipped robust student
     assert quick.method_args == {"num_intermediate": quick.attack.steps} and "autoattack" in quick.eval.attacks
 
 
@@ -163,7 +164,7 @@ def test_quickstart_distils_evaluates_exports_and_writes_the_card(tmp_path):
 
     summary = run_quickstart(teacher="tiny-test", data="synthetic:3", output_dir=tmp_path / "qs",
                              overrides=_small(tmp_path, **{"train.output_dir": str(tmp_path / "qs" / "run"),
-                                                           "eval.n_examples": 32,
+                                                           "eval.n_examples": 32, "student_init": None,
                                                            "method_args": {"num_intermediate": 2}}),
                              export_options={"n_examples": 16, "square_queries": 20, "attacks": ["pgd20"],
                                              "calibration_images": 32},
@@ -174,6 +175,7 @@ def test_quickstart_distils_evaluates_exports_and_writes_the_card(tmp_path):
     assert 0 <= robust["autoattack"] <= robust["pgd20"] <= robust["fgsm"] <= summary.student_clean_accuracy <= 1
     text = summary.to_text()
     assert "test accuracy on 32 test images (linf eps 0.1): clean" in text and "AutoAttack" in text
+    assert "distilled with dghfa from random weights (4 steps" in text
     assert f"demo: robust-student demo --student {tmp_path / 'qs' / 'hub'}" in text
     assert (tmp_path / "qs" / "run" / "student" / "model.safetensors").is_file()
     hub = tmp_path / "qs" / "hub"  # the Hub-ready folder with its model card

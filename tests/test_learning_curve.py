@@ -59,3 +59,13 @@ def test_refuses_runs_it_cannot_place_against_compute(curve, tmp_path):
     run = _run(tmp_path / "run", [(60, 0.7, 0.5)])
     with pytest.raises(SystemExit, match="one of the run labels"):
         curve.main([str(run), "--final", "other=r.json", "--out", str(tmp_path / "x")])
+
+
+def test_a_shipped_zoo_entry_is_redrawn_from_its_training_json(curve, tmp_path):
+    from robust_student.teachers.builtin import WEIGHTS_DIR
+
+    folder = WEIGHTS_DIR / "fmnist-clip-robust"
+    history = [r for r in json.loads((folder / "training.json").read_text())["history"] if r["kind"] == "eval"]
+    points = curve.read_curve(folder)
+    assert points == curve.read_curve(folder / "training.json")
+    assert [(p["epoch"], p["robust"]) for p in points] == [(r["epoch"] + 1, r["val_robust_acc"]) for r in history]

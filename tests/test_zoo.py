@@ -102,3 +102,17 @@ def test_round_trips_through_onnx(name, tmp_path):
         expected = student(x).numpy()
     np.testing.assert_allclose(runner.logits(x.numpy()), expected, atol=1e-4, rtol=1e-4)
     assert runner.metadata["class_names"] == list(student.classnames)
+
+
+def test_the_demo_opens_on_the_best_shipped_student():
+    from robust_student.demo import default_student
+    from robust_student.demo.app import report_markdown
+    from robust_student.formatting import format_percent
+    from robust_student.teachers.builtin import best_shipped, recorded_report
+
+    best = recorded_report(default_student())["robust_accuracy"]["autoattack"]
+    assert default_student() == WEIGHTS_DIR / best_shipped()
+    for name in CARDED:  # no shipped entry has a higher recorded AutoAttack accuracy
+        assert recorded_report(WEIGHTS_DIR / name)["robust_accuracy"]["autoattack"] <= best
+    text, _ = report_markdown(default_student())  # its report tab shows the recorded evaluation
+    assert format_percent(best) in text and "autoattack" in text

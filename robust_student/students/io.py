@@ -116,6 +116,57 @@ def fetch_from_hub(spec: str, files: tuple[str, ...] = (CONFIG, WEIGHTS), *, rev
     return Path(folder)
 
 
+def saved_student_folder(spec: str | Path) -> Path:
+    """The folder of the saved student ``spec`` names: a saved-student folder, a run folder holding one in
+    ``student/`` (written by ``fit``), a built-in zoo entry (``fmnist-clip-robust``: ``robust-student list
+    teachers``) or ``hf-hub:org/name`` (fetched into the Hugging Face cache). Anything else is refused in one line."""
+    from ..teachers.builtin import WEIGHTS_DIR, ZOO
+
+    text = str(spec)
+    if text.startswith(HUB_PREFIX):
+        return fetch_from_hub(text)
+    if text in ZOO:
+        return WEIGHTS_DIR / text
+    path = Path(spec).expanduser()
+    for folder in (path, path / "student"):
+        if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
+            return folder
+    raise FileNotFoundError(f"{spec}: neither a saved student (a folder with {CONFIG} and {WEIGHTS}), a run folder "
+                            f"with one in student/ (written by robust-student fit), a built-in one ({', '.join(ZOO)}) "
+                            "nor hf-hub:org/name")
+
+
+def check_init_source(spec: str, student: str, student_args: Mapping[str, Any]) -> Path:
+    """The folder of ``student_init`` ``spec``, checked (before any data loads) to hold a ``student`` built with
+    the same ``student_args`` it records: anything else could not be loaded into this run's student."""
+    folder = saved_student_folder(spec)
+    arch = read_student_config(folder)["architecture"]
+    if arch["name"] != student:
+        raise ValueError(f"student_init {spec} is a {arch['name']} and this run's student is {student}: set "
+                         f"student={arch['name']} (or start from a {student})")
+    recorded = arch.get("args", {})
+    differing = {k: v for k, v in student_args.items() if k not in DOWNLOAD_ARGS and recorded.get(k, v) != v}
+    if differing:
+        raise ValueError(f"student_init {spec} was built with {recorded} and student_args ask for {differing}: "
+                         "drop those student_args (or start from a student built with them)")
+    return folder
+
+
+def init_from_saved(student: Student, folder: str | Path) -> Student:
+    """Load the image encoder (backbone, projection, normalisation) of the saved student in ``folder`` into
+    ``student``; its classifier and logit scale (this run's classes) are kept. A state that does not fit says
+    so in one line."""
+    kept = ("classifier", "logit_scale")
+    state, _ = read_safetensors(Path(folder) / WEIGHTS, device=str(student.mean.device))
+    state = {k: v for k, v in state.items() if k not in kept}
+    expected = {k: v for k, v in student.state_dict().items() if k not in kept}
+    mismatch = state_mismatch(expected, state)
+    if mismatch is not None:
+        raise ValueError(f"student_init {folder} does not fit this run's student: {mismatch}")
+    student.load_state_dict(state, strict=False)
+    return student
+
+
 def load_student(directory: str | Path, map_location: str = "cpu") -> Student:
     """Rebuild a student saved by :func:`save_student` (a folder, or ``"hf-hub:org/name"`` fetched into the
     Hugging Face cache): built from its spec (never downloading a backbone), then its weights (strict). A spec
@@ -144,5 +195,6 @@ def load_student(directory: str | Path, map_location: str = "cpu") -> Student:
     return student.eval()
 
 
-__all__ = ["save_student", "load_student", "read_student_config", "student_config", "fetch_from_hub", "WEIGHTS",
+__all__ = ["save_student", "load_student", "saved_student_folder", "check_init_source", "init_from_saved",
+           "read_student_config", "student_config", "fetch_from_hub", "WEIGHTS",
            "CONFIG", "FORMAT", "HUB_PREFIX"]

@@ -76,7 +76,28 @@ def _register_zoo(name: str, description: str) -> None:
                                                "see its training.json.")(factory)
 
 
+def recorded_report(folder: str | Path) -> dict[str, Any] | None:
+    """The AutoAttack evaluation report a zoo folder ships in its ``training.json`` (its card's numbers), or None."""
+    import json
+
+    try:
+        record = json.loads((Path(folder) / "training.json").read_text(encoding="utf-8"))
+        return record["zero_shot_test"]["autoattack"]["report"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def best_shipped() -> str:
+    """The zoo entry with the highest recorded AutoAttack accuracy (read from the shipped reports, not picked by
+    hand): what the demo opens on."""
+    scored = {name: report["robust_accuracy"]["autoattack"] for name in ZOO
+              if (report := recorded_report(WEIGHTS_DIR / name)) and "autoattack" in report["robust_accuracy"]}
+    if not scored:
+        raise FileNotFoundError(f"no zoo entry in {WEIGHTS_DIR} ships an AutoAttack report: reinstall robust-student")
+    return max(scored, key=scored.__getitem__)
+
+
 for _name, _description in ZOO.items():
     _register_zoo(_name, _description)
 
-__all__ = ["FMNIST_CLIP_DIR", "WEIGHTS_DIR", "ZOO", "fmnist_clip"]
+__all__ = ["FMNIST_CLIP_DIR", "WEIGHTS_DIR", "ZOO", "fmnist_clip", "recorded_report", "best_shipped"]
