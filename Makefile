@@ -65,8 +65,9 @@ runtime-test: orthanc
 	"$$rt/pip" wheel --quiet --disable-pip-version-check --no-deps -w "$$tmp/dist" ./runtime; \
 	"$$rt/pip" install --quiet --disable-pip-version-check -c runtime/constraints-lowest.txt \
 		"$$(ls "$$tmp"/dist/robust_student_runtime-*.whl)[dicom,pacs,test]"; \
-	"$$rt/python" -c "from importlib.metadata import version as v; \
-	print('lowest DICOM/PACS stack:', *(f'{p}=={v(p)}' for p in ('pydicom', 'highdicom', 'dicomweb-client', 'pynetdicom')))"; \
+	"$$rt/python" -c "from importlib.metadata import distributions; \
+	lowest = {l.split('==')[0] for l in open('runtime/constraints-lowest.txt') if '==' in l and not l.startswith('#')}; \
+	print('lowest allowed versions:', *sorted(f'{d.name}=={d.version}' for d in distributions() if d.name.lower() in lowest))"; \
 	if "$$rt/python" -c "import torch" 2>/dev/null; then \
 		echo "error: torch is importable in the runtime's virtualenv; the runtime must not need it" >&2; exit 1; \
 	fi; \
