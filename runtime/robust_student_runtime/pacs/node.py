@@ -13,7 +13,7 @@ For each instance the archive lists (QIDO-RS), in study / series / instance orde
    request per batch and study).
 
 The next batch is retrieved (its own HTTP session, one prefetch thread) and the previous batch's SRs are stored
-and recorded (one store thread) while a batch is predicted and reported; result lines are written only after
+and recorded (one store thread, its own HTTP session) while a batch is predicted and reported; result lines are written only after
 their SR is stored, and a batch's stores finish before the next batch's begin.
 
 Transient archive failures are retried with backoff (see :mod:`.dicomweb`); when they persist the job stops
@@ -252,7 +252,7 @@ class _Prefetch:
         from concurrent.futures import ThreadPoolExecutor
 
         self.reporter = reporter
-        self.fetcher = archive.clone() if hasattr(archive, "clone") else archive
+        self.fetcher = _own_session(archive)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wado-prefetch")
         self.inflight: Any = None
 
@@ -278,14 +278,21 @@ class _Prefetch:
         self.pool.shutdown(wait=True)
 
 
+def _own_session(archive: Any) -> Any:
+    """The archive through an HTTP session of its own, for another thread (a requests.Session is not
+    thread-safe); an archive without ``clone`` is shared as it is."""
+    return archive.clone() if hasattr(archive, "clone") else archive
+
+
 def run_job(archive: Any, model: OnnxStudent, state: JobState, *, study: str | None = None,
             since: str | None = None, modalities: Sequence[str] | None = None, batch_size: int = 16,
             top_k: int = 3, watch: bool = False, interval: float = 10.0, stop: threading.Event | None = None,
             log: Callable[[str], None] = _log) -> Counts:
     """One pass over the archive (or, with ``watch``, passes every ``interval`` seconds until ``stop``)."""
     stop = stop or threading.Event()
-    reporter = Reporter(model, state, archive.store, top_k=top_k, batch_size=batch_size, destination=archive.url,
-                        log=log, background_store=True, store_many=getattr(archive, "store_many", None))
+    storer = _own_session(archive)  # the store thread's (the job's thread searches with ``archive`` meanwhile)
+    reporter = Reporter(model, state, storer.store, top_k=top_k, batch_size=batch_size, destination=archive.url,
+                        log=log, background_store=True, store_many=getattr(storer, "store_many", None))
     state.audit("job started", archive=archive.url, study=study, since=since, modalities=list(modalities or []),
                 model=str(model.path), model_name=reporter.identity["name"],
                 validation_status=reporter.identity["validation_status"])
