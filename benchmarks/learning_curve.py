@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     for index, (label, run) in enumerate(runs.items()):
         color = f"C{index}"
         hours = [p["cpu_hours"] for p in run["curve"]]
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_xlabel("training CPU hours (process CPU time, all threads)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside: never over a point
     ax.set_title("validation accuracy against training compute", fontsize=10)
     fig.tight_layout()
     stem = Path(args.out)

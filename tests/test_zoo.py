@@ -116,3 +116,19 @@ def test_the_demo_opens_on_the_best_shipped_student():
         assert recorded_report(WEIGHTS_DIR / name)["robust_accuracy"]["autoattack"] <= best
     text, _ = report_markdown(default_student())  # its report tab shows the recorded evaluation
     assert format_percent(best) in text and "autoattack" in text
+
+
+SHIPPED_FROM_RECIPES = sorted(n for n in ZOO if "recipe" in json.loads((WEIGHTS_DIR / n / "training.json").read_text()))
+
+
+@pytest.mark.parametrize("name", SHIPPED_FROM_RECIPES)
+def test_a_shipped_flagship_is_what_its_recipe_trains(name):
+    from robust_student.api import load_recipe
+    from robust_student.training.run_dir import config_differences
+
+    record = json.loads((WEIGHTS_DIR / name / "training.json").read_text())
+    recipe = load_recipe(record["recipe"]).to_dict()
+    assert config_differences(recipe, record["config"]) == []
+    assert recipe["train"]["epochs"] == record["budget"]["epochs"] == len(
+        [r for r in record["history"] if r["kind"] == "eval"])
+    assert record["budget"]["cpu_hours"] == round(record["history"][-1]["cpu_seconds"] / 3600, 3)
