@@ -367,7 +367,9 @@ def _threat_from_args(args: argparse.Namespace, recorded: dict | None):
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("student", metavar="RUN_OR_STUDENT_DIR", help="a saved student folder or a run folder")
+    p.add_argument("student", metavar="RUN_OR_STUDENT_DIR",
+                   help="a saved student folder, a run folder, a built-in zoo entry (fmnist-clip-robust) or "
+                        "hf-hub:org/name")
     p.add_argument("--out", required=True, help="the ONNX file to write (with --int8 also OUT_STEM.int8.onnx)")
     p.add_argument("--int8", action="store_true", help="also write an INT8 model calibrated on training images")
     p.add_argument("--validate-n", type=int, default=200, metavar="N",
