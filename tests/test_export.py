@@ -23,6 +23,7 @@ import onnx  # noqa: E402
 import robust_student as rs  # noqa: E402
 from robust_student.export import (ExportValidationError, OnnxStudent, TamperedModelError, Thresholds,  # noqa: E402
                                    export_onnx, torch_export, validate_onnx)
+from robust_student.export import quantize  # noqa: E402
 from robust_student.export.metadata import read_metadata, write_metadata  # noqa: E402
 from robust_student.export.runner.digest import model_digests  # noqa: E402
 from robust_student.students import create_student  # noqa: E402
@@ -328,6 +329,39 @@ def test_int8_export_reports_deltas_and_is_refused_past_the_threshold(teacher, t
     assert again.worst_case == report.worst_case  # seeded: the same numbers again
     with pytest.raises(ValueError, match="calibrated on training images"):
         export_onnx(student, tmp_path / "x.onnx", quantize="int8")
+
+
+def _runs_in_float(graph: onnx.GraphProto) -> dict[str, tuple[str, bool]]:
+    """Per Conv / Gemm / MatMul node: its op type, and True when no input comes from a DequantizeLinear (the node
+    computes in float)."""
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name: (n.op_type, not any(i in dequantized for i in n.input)) for n in graph.node
+            if n.op_type in quantize.QUANTIZED_OPS}
+
+
+@pytest.mark.parametrize("keep", [(), ("stem",), ("head",), ("stem", "head")])
+def test_int8_keep_float_leaves_exactly_those_nodes_in_float(keep, teacher, tmp_path):
+    student = _student(teacher, "resnet_tiny")
+    torch_export(student, tmp_path / "m.onnx")
+    calibration = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    entry = quantize.quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", calibration, n_images=16,
+                                   keep_float=keep)
+    nodes = _runs_in_float(onnx.load(str(tmp_path / "m.int8.onnx")).graph)
+    convs = [name for name, (op, _) in nodes.items() if op == "Conv"]
+    head = [name for name, (op, _) in nodes.items() if op != "Conv"]  # the projection Gemm and the classifier MatMul
+    assert len(convs) > 1 and len(head) == 2
+    expected = {*(convs[:1] if "stem" in keep else []), *(head if "head" in keep else [])}
+    assert {name for name, (_, is_float) in nodes.items() if is_float} == expected  # every other node is quantized
+    assert entry["float_nodes"] == {"requested": list(keep), "nodes": [n for n in nodes if n in expected]}
+
+
+def test_int8_keep_float_refuses_an_unknown_node(teacher, tmp_path):
+    student = _student(teacher, "resnet_tiny")
+    torch_export(student, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="neither a role"):
+        quantize.quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", torch.rand(4, 3, 16, 16),
+                               n_images=4, keep_float=["node_Conv_typo"])
+    assert not (tmp_path / "m.int8.onnx").exists()
 
 
 @pytest.fixture(scope="module")
