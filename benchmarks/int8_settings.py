@@ -63,7 +63,7 @@ def export_setting(name: str, options: dict[str, Any], student: Any, train: Any,
     slug = "".join(c if c.isalnum() else "_" for c in name)
     cache, path = workdir / f"{slug}.json", workdir / f"{slug}.int8.onnx"
     key = {"student": str(args.student.resolve()), "options": options, "n_val": args.n_val,
-           "square_queries": args.square_queries}
+           "square_queries": args.square_queries, "train_limit": args.train_limit}
     if cache.is_file() and path.is_file():
         kept = json.loads(cache.read_text())
         if kept.get("key") == key:
@@ -135,7 +135,8 @@ def to_markdown(res: dict[str, Any]) -> str:
            f"{res['n_val']} seeded test images, L-inf eps {EPS}: PGD-20 and APGD-CE crafted on the FP32 torch "
            f"student, Square ({res['square_queries']} queries) on the INT8 session. Gates: clean and robust drops "
            f"<= {100 * t['max_int8_robust_drop']:.0f} points (worst case includes Square), top-1 agreement >= "
-           f"{100 * t['min_int8_label_agreement']:.0f} %. Calibration on training images (seed 0). Drops are "
+           f"{100 * t['min_int8_label_agreement']:.0f} %. Calibration images drawn (seed 0) from "
+           f"{'the first ' + str(res['train_limit']) if res['train_limit'] else 'all'} training images. Drops are "
            "FP32 torch - INT8 ONNX in points (positive = INT8 worse); one example = "
            f"{100 / res['n_val']:.1f} points. Speed: batch {res['batch']}, onnxruntime on 1 thread, median of "
            f"{res['repeats']} interleaved repetitions, in the same run; FP32 ONNX "
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--student", type=Path, default=STUDENT, help="a saved student folder (default: the zoo's "
                    "fmnist-clip-robust)")
+    p.add_argument("--train-limit", type=int, default=None, help="calibrate on images drawn from the first N "
+                   "training images only, as a recipe's dataset.max_train_examples does (the quickstart: 4000)")
     p.add_argument("--n-val", type=int, default=200, help="test images each setting is validated on")
     p.add_argument("--square-queries", type=int, default=1000)
     p.add_argument("--batch", type=int, default=64)
@@ -182,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     machine = machine_description(torch.device("cpu"))
     student = load_student(args.student).eval()
-    data = DataConfig(name="fashion-mnist", image_size=28)
-    train, test = build_dataset(data, "train"), build_dataset(data, "test")
+    train = build_dataset(DataConfig(name="fashion-mnist", image_size=28, max_train_examples=args.train_limit), "train")
+    test = build_dataset(DataConfig(name="fashion-mnist", image_size=28), "test")
     fp32 = args.workdir / "fp32.onnx"
     export_onnx(student, fp32, overwrite=True)
     names = args.only or list(SETTINGS)
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32_bytes = fp32.stat().st_size
     import onnxruntime
 
-    res = {"student": _student_name(args.student), "n_val": args.n_val, "square_queries": args.square_queries, "batch": args.batch, "repeats": args.repeats,
+    res = {"student": _student_name(args.student), "train_limit": args.train_limit, "n_val": args.n_val, "square_queries": args.square_queries, "batch": args.batch, "repeats": args.repeats,
            "thresholds": Thresholds().to_dict(), "fp32": {"images_per_second": round(rates["fp32"], 1),
                                                           "bytes": fp32_bytes},
            "rows": [summarise(n, exported[n], rates[n], rates["fp32"], fp32_bytes) for n in names],
