@@ -65,8 +65,8 @@ def _register_zoo(name: str, description: str) -> None:
         if not (folder / "model.safetensors").is_file():
             raise FileNotFoundError(
                 f"The built-in {name} weights are missing from {folder}. They ship with the package: reinstall "
-                f"robust-student, or re-create them with `python scripts/train_fmnist_zoo.py --model "
-                f"{name.removeprefix('fmnist-clip-')}` from a source checkout.")
+                "robust-student, or re-create them from a source checkout with scripts/train_fmnist_zoo.py (the "
+                "commands are in the docs page of this teacher and in the source tree's training.json).")
         kwargs.setdefault("name", name)
         return load_student_teacher(folder, **kwargs)
 
