@@ -80,6 +80,41 @@ def export_setting(name: str, options: dict[str, Any], student: Any, train: Any,
     return out
 
 
+def calibration_draws(student: Any, fp32: Path, train: Any, test: Any, workdir: Path,
+                      args: argparse.Namespace) -> list[dict[str, Any]]:
+    """MinMax at each of ``--draw-images`` on other calibration draws (``--calibration-seeds``), validated like
+    the settings (same test images, validation seed 0): ``export_onnx`` seeds calibration and validation with one
+    seed, so the draw is changed through :func:`~export.quantize.quantize_int8` and the model validated by
+    :func:`~export.validate.validate_onnx` directly."""
+    from robust_student.attacks import make_threat
+    from robust_student.export import validate_onnx
+    from robust_student.export.metadata import build_metadata, write_metadata
+    from robust_student.export.quantize import quantize_int8
+    from robust_student.students.io import student_config
+
+    import onnx
+
+    opset = next(o.version for o in onnx.load(str(fp32)).opset_import if o.domain in ("", "ai.onnx"))
+    rows = []
+    for seed in args.calibration_seeds:
+        for n in args.draw_images:
+            path = workdir / f"draw_{seed}_{n}.int8.onnx"
+            metadata = build_metadata(student, config=student_config(student), outputs=("logits",),
+                                      threat={"norm": "linf", "eps": EPS, "eps_text": str(EPS)}, method=None,
+                                      exporter="torch.onnx dynamo", opset=opset)
+            metadata["quantization"] = quantize_int8(fp32, path, train, n_images=n, seed=seed)
+            write_metadata(path, metadata)
+            r = validate_onnx(path, student, test, threat=make_threat("linf", EPS), n_examples=args.n_val,
+                              square_queries=args.square_queries, threads=1)
+            pgd = r.adversarial["pgd20"]
+            rows.append({"calibration_seed": seed, "n_images": n, "passed": r.passed,
+                         "clean_top1_agreement": r.clean["top1_agreement"],
+                         "pgd20_drop": pgd["accuracy_torch"] - pgd["accuracy_onnx"],
+                         "worst_drop": r.worst_case["accuracy_torch"] - r.worst_case["accuracy_onnx"]})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def throughput(paths: dict[str, Path], batch: int, repeats: int) -> dict[str, float]:
     """Images per second of each artifact at ``batch`` on one onnxruntime thread: repetitions interleave the
     artifacts (order rotated each time), median over repetitions."""
@@ -151,6 +186,13 @@ def to_markdown(res: dict[str, Any]) -> str:
                    f"{pts(r['pgd20_drop'])} | {100 * r['pgd20_top1_agreement']:.1f} | "
                    f"{pts(r['apgd_ce_drop'])} | {100 * r['worst_torch']:.1f} / {100 * r['worst_int8']:.1f} | "
                    f"{pts(r['worst_drop'])} | {r['speedup_vs_fp32']:.2f}x | {r['bytes'] / 1024:.0f} |")
+    if res.get("calibration_draws"):
+        out += ["", "Other calibration draws (MinMax; the table above is draw 0), validated on the same images:", "",
+                "| calibration seed | images | gates | clean agreement | PGD-20 drop | worst drop |",
+                "|---:|---:|---|---:|---:|---:|"]
+        out += [f"| {d['calibration_seed']} | {d['n_images']} | {'pass' if d['passed'] else '**FAIL**'} | "
+                f"{100 * d['clean_top1_agreement']:.1f} | {pts(d['pgd20_drop'])} | {pts(d['worst_drop'])} |"
+                for d in res["calibration_draws"]]
     out += ["", "Float nodes per setting: " + "; ".join(
         f"{r['setting']}: {', '.join((r['float_nodes'] or {}).get('nodes') or []) or 'none'}" for r in res["rows"]), ""]
     out += [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs (shared with a training run; 1-min load "
@@ -170,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--square-queries", type=int, default=1000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--calibration-seeds", type=int, nargs="*", default=[],
+                   help="also validate MinMax on these other calibration draws")
+    p.add_argument("--draw-images", type=int, nargs="*", default=[256, 1024],
+                   help="calibration image counts for --calibration-seeds")
     p.add_argument("--only", nargs="*", help="setting names to run (default: all)")
     p.add_argument("--quick", action="store_true", help="2 settings, 40 images, 100 Square queries (smoke run)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/int8_settings"),
@@ -193,13 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     exported = {n: export_setting(n, SETTINGS[n], student, train, test, args.workdir, args) for n in names}
     rates = throughput({"fp32": fp32, **{n: Path(e["path"]) for n, e in exported.items()}}, args.batch, args.repeats)
     fp32_bytes = fp32.stat().st_size
+    draws = calibration_draws(student, fp32, train, test, args.workdir, args)
     import onnxruntime
 
     res = {"student": _student_name(args.student), "train_limit": args.train_limit, "n_val": args.n_val, "square_queries": args.square_queries, "batch": args.batch, "repeats": args.repeats,
            "thresholds": Thresholds().to_dict(), "fp32": {"images_per_second": round(rates["fp32"], 1),
                                                           "bytes": fp32_bytes},
            "rows": [summarise(n, exported[n], rates[n], rates["fp32"], fp32_bytes) for n in names],
-           "settings": {n: SETTINGS[n] for n in names}, "machine": machine, "onnxruntime": onnxruntime.__version__,
+           "settings": {n: SETTINGS[n] for n in names}, "calibration_draws": draws, "machine": machine, "onnxruntime": onnxruntime.__version__,
            "wall_minutes": (time.perf_counter() - start_all) / 60,
            "command": "nice -n 15 env OMP_NUM_THREADS=1 python benchmarks/int8_settings.py "
                       + " ".join(sys.argv[1:] if argv is None else argv)}
