@@ -378,7 +378,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to validate on")
     _threat_args(p, "the run's evaluation threat")
     p.add_argument("--square-queries", type=_positive_int, default=1000, help="Square's queries per image")
-    p.add_argument("--calibration-n", type=_positive_int, default=256, help="training images to calibrate INT8 on")
+    p.add_argument("--calibration-n", type=_positive_int, default=None,
+                   help="training images to calibrate INT8 on (default: the library's, 1024)")
     p.add_argument("--embedding", action="store_true", help="also output the image embedding")
     p.add_argument("--opset", type=_positive_int, default=None)
     p.add_argument("--allow-failed", action="store_true", help="write artifacts that fail validation (marked failed)")
@@ -442,7 +443,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         try:
             results.append(export_onnx(student, int8_out, validate=validate, quantize="int8",
                                        calibration=build_dataset(data_config, "train"),
-                                       calibration_images=args.calibration_n, **common))
+                                       **({"calibration_images": args.calibration_n} if args.calibration_n else {}),
+                                       **common))
         except ExportValidationError as err:
             print(err.report.to_text())
             print(f"robust-student export: INT8 refused: {_one_line(err)}", file=sys.stderr)

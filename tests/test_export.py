@@ -420,3 +420,14 @@ def test_cli_export_then_validate_with_and_without_the_student(fitted, tmp_path,
     assert main(["validate", str(out), *common]) == 0  # the artifact alone: teacher fmnist-clip as surrogate
     text = capsys.readouterr().out
     assert "weaker check" in text and "crafted on surrogate teacher fmnist-clip" in text and "square:20" in text
+
+
+def test_the_cli_calibrates_int8_on_the_library_default():
+    from robust_student.cli import build_parser
+    from robust_student.export.quantize import DEFAULT_CALIBRATION_IMAGES
+
+    parser = build_parser()
+    args = parser.parse_args(["export", "runs/x", "--out", "m.onnx", "--int8"])
+    assert args.calibration_n is None  # -> export_onnx's calibration_images default
+    export = parser._subparsers._group_actions[0].choices["export"]
+    assert f"the library's, {DEFAULT_CALIBRATION_IMAGES}" in " ".join(export.format_help().split())
