@@ -114,7 +114,7 @@ def test_accelerate_launch_of_the_cli_fit_trains_one_run_over_two_processes(tmp_
            "-m", "robust_student.cli", "fit", "--recipe", "quickstart", "--set", "method=pgd-at", "method_args={}",
            "dataset.name=synthetic:3", "train.epochs=1", "train.batch_size=8",
            "dataset.max_train_examples=64", "train.eval_examples=16", "attack.steps=1",
-           "student_args.width=8", f"train.output_dir={out}", "--json"]
+           "student_args.width=8", "student_init=null", f"train.output_dir={out}", "--json"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
