@@ -17,6 +17,8 @@ image encoder with fmnist-clip's text encoder (the ``student:<folder>`` teacher)
 * ``fmnist-clip-robust``: a convolutional image tower (``resnet_tiny``) adversarially trained (PGD-AT with 5-step
   PGD at L-inf 0.1 on all 60,000 training images) against the same locked text embeddings: the zoo's robust
   teacher, with a model card (``README.md``) rendered from its AutoAttack evaluation.
+* ``fmnist-clip-robust-wide``: the same at width 32 (1.26 M parameters, recipe ``flagship_pgdat_wide``): the
+  larger flagship student, shipped by ``scripts/train_fmnist_zoo.py --ship``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ ZOO: dict[str, str] = {
     "fmnist-clip-cnn": "a convolutional image tower (resnet_tiny) aligned to fmnist-clip's text tower (clean)",
     "fmnist-clip-robust": "a convolutional image tower (resnet_tiny) adversarially trained (PGD-AT, L-inf 0.1, all "
                           "60,000 images) against fmnist-clip's text tower: the zoo's robust teacher",
+    "fmnist-clip-robust-wide": "a wide convolutional image tower (resnet_tiny, width 32) adversarially trained "
+                               "(PGD-AT, L-inf 0.1, all 60,000 images) against fmnist-clip's text tower",
 }
 
 
