@@ -254,12 +254,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .comparison import paired_difference
-    from .evaluation import RobustnessReport
-    from .fileio import read_json
+    from .comparison import load_report, paired_difference
     from .formatting import format_percent
 
-    a, b = (RobustnessReport.from_dict(read_json(path, "robustness report")) for path in (args.a, args.b))
+    a, b = load_report(args.a), load_report(args.b)
     attacks = args.attacks or [name for name in a.per_example if name in b.per_example] or ["clean"]
     results = [paired_difference(a, b, attack) for attack in attacks]
     print(f"A = {a.model}, B = {b.model}: {a.n_examples} images of {a.dataset} ({a.selection}), {a.threat} eps "

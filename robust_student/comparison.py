@@ -45,7 +45,8 @@ class PairedDifference:
         return {**asdict(self), "z": self.z}
 
 
-def _report(value: RobustnessReport | Mapping[str, Any] | str | Path) -> RobustnessReport:
+def load_report(value: RobustnessReport | Mapping[str, Any] | str | Path) -> RobustnessReport:
+    """A report object, dict or ``robust-student eval --output`` JSON file as a :class:`RobustnessReport`."""
     if isinstance(value, RobustnessReport):
         return value
     if isinstance(value, (str, Path)):
@@ -63,7 +64,7 @@ def paired_difference(a: RobustnessReport | Mapping[str, Any] | str | Path,
     Reports (objects, dicts or JSON files) must come from the same images: the same dataset, threat, eps, number
     of examples, seed and selection, and both must carry per-example outcomes for ``attack`` (reports written
     before per-example outcomes existed do not: re-run ``robust-student eval``)."""
-    ra, rb = _report(a), _report(b)
+    ra, rb = load_report(a), load_report(b)
     differing = [f"{k}: {getattr(ra, k)!r} vs {getattr(rb, k)!r}" for k in SAME_IMAGES_KEYS
                  if getattr(ra, k) != getattr(rb, k)]
     if differing:
@@ -86,4 +87,4 @@ def paired_difference(a: RobustnessReport | Mapping[str, Any] | str | Path,
                             only_a=diffs.count(1), only_b=diffs.count(-1))
 
 
-__all__ = ["PairedDifference", "paired_difference"]
+__all__ = ["PairedDifference", "paired_difference", "load_report"]
