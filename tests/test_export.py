@@ -431,3 +431,17 @@ def test_the_cli_calibrates_int8_on_the_library_default():
     assert args.calibration_n is None  # -> export_onnx's calibration_images default
     export = parser._subparsers._group_actions[0].choices["export"]
     assert f"the library's, {DEFAULT_CALIBRATION_IMAGES}" in " ".join(export.format_help().split())
+
+
+def test_cli_export_of_a_zoo_entry_uses_the_threat_it_was_trained_against(tmp_path, capsys):
+    """fmnist-clip-robust was made for L-inf 0.1; its run's unused eval section says 8/255."""
+    from robust_student.cli import main
+    from robust_student.students.io import read_student_config, saved_student_folder
+
+    config = read_student_config(saved_student_folder("fmnist-clip-robust"))
+    assert config["threat"]["eps"] == 0.1 and config["config"]["eval"]["eps"] != 0.1  # the case this guards
+    out = tmp_path / "robust.onnx"
+    assert main(["export", "fmnist-clip-robust", "--out", str(out), "--validate-n", "0", "--threads", "1"]) == 0
+    capsys.readouterr()
+    threat = OnnxStudent(out).metadata["threat"]
+    assert threat["norm"] == "linf" and threat["eps"] == 0.1
