@@ -5,6 +5,7 @@ SR reader as the TID 1500 report that was written. No Orthanc needed."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 
@@ -80,6 +81,27 @@ def test_the_fast_builder_gives_highdicoms_dataset_for_every_shape(model):
     assert _normalized(fast[0])[0] != _normalized(fast[3])[0]
 
 
+def test_the_content_tree_is_built_in_full_once_per_modality_and_class(model):
+    """Sources of one shape: highdicom builds the per-SR items of each report (tracking identifiers, probabilities,
+    source image) and the rest of the tree is reused from the trees it built before; the SRs are still highdicom's."""
+    sources = [fx.image_dataset(seed=200 + k, modality=["CR", "DX"][k % 2], window=(2048.0, 4096.0))
+               for k in range(16)]
+    # the classes in every order (the model ranks these sources alike)
+    predictions = [dataclasses.replace(p, probabilities=p.probabilities[k % 3:] + p.probabilities[:k % 3])
+                   for k, p in enumerate(model.predict(sources))]
+    builder = ReportBuilder(model, top_k=2)
+    full_trees = []
+    content = builder.content
+    builder.content = lambda *args: full_trees.append(args) or content(*args)
+    fast = [builder.build(ds, p) for ds, p in zip(sources, predictions)]
+    builder.content = content
+    assert len(full_trees) < len(sources) // 2, len(full_trees)
+    assert len({tuple(p.probabilities) for p in predictions}) > 3
+    for ds, p, sr in zip(sources, predictions, fast):
+        (got, _), (want, _) = _normalized(sr), _normalized(build_sr(ds, p, model, top_k=2))
+        assert got == want, [e.keyword for e in want if e.tag not in got or got[e.tag] != e]
+
+
 def test_a_fast_sr_reads_back_with_highdicom_as_the_report_written(model):
     sources = _sources()[:3] + [_sources()[3]]
     predictions = model.predict(sources)
@@ -114,3 +136,28 @@ def test_the_fast_builder_is_several_times_faster(model):
         build_sr(ds, p, model)
     full = time.process_time() - started
     assert fast * 2 < full, (fast, full)  # ~4-5x measured; 2x leaves room for a loaded machine
+
+
+def test_the_encoding_marks_change_no_byte(model):
+    """``ReportBuilder`` marks the datasets it builds as needing no VR correction (pydicom then writes them without
+    walking every subtree again): the bytes written are the ones pydicom writes without the marks."""
+    sources = _sources()[:6]
+    predictions = model.predict(sources)
+    builder = ReportBuilder(model, top_k=3)
+    for ds, p in zip(sources, predictions):
+        sr = builder.build(ds, p)
+        marked = io.BytesIO()
+        pydicom.dcmwrite(marked, sr)
+        todo, unmarked_ones = [sr], []
+        while todo:
+            item = todo.pop()
+            if item.original_encoding == (False, True):
+                unmarked_ones.append(item)
+            todo.extend(child for element in item if element.VR == "SQ" for child in element.value)
+        assert unmarked_ones  # the marks are there
+        for item in unmarked_ones:
+            item.set_original_encoding(None, None, "")
+        plain = io.BytesIO()
+        pydicom.dcmwrite(plain, sr)
+        assert marked.getvalue() == plain.getvalue()
+        builder = ReportBuilder(model, top_k=3)  # the marks were taken off shared datasets: start again

@@ -105,13 +105,19 @@ class ReportBuilder:
     per-instance ones. So, per SR:
 
     * the content tree (TID 1500: measurement groups, findings, probabilities, source image references) is built
-      by highdicom's ``MeasurementReport`` each time, from items built by highdicom once per model (the
-      ``AlgorithmIdentification``, the device observer context, the ``ContributingEquipment``);
+      by highdicom's ``MeasurementReport`` for the first SR of each modality and of each reported class, from
+      items built by highdicom once per model (the ``AlgorithmIdentification``, the device observer context, the
+      ``ContributingEquipment``); for the next SRs highdicom builds only the per-SR items (each group's tracking
+      identifier and probability, the source image) and they take the places of those in the trees built
+      before (:meth:`root`);
     * the document around it is a ``ComprehensiveSR`` built by highdicom for the first source of each *shape*
       (its SOP class, which patient/study attributes it has, its character set); the next SRs of that shape share
       its constant elements and take the per-instance ones as highdicom does: the patient and study attributes
       copied from the source (``copy_patient_and_study_information``'s list), the SR's UIDs, the creation
       date/time, the content tree's root, and the evidence from highdicom's own ``collect_evidence``.
+
+    The datasets built are marked as needing no VR correction when written (see :func:`_mark`): encoding an SR
+    then takes ~20 % less CPU, same bytes.
 
     The tests build SRs both ways for sources of every shape and require equal datasets (creation times aside).
     """
@@ -149,6 +155,8 @@ class ReportBuilder:
         self._no_content.ContentSequence = []
         self._findings: dict[int, Any] = {}  # class index -> its CodedConcept (highdicom's, built once)
         self._procedures: dict[str, Any] = {}
+        self._groups: dict[int, Any] = {}  # class index -> a measurement group CONTAINER highdicom built for it
+        self._roots: dict[str, Any] = {}  # modality -> a report's root CONTAINER highdicom built for it
 
     # -- the content tree, built by highdicom for each SR -----------------------------------------------------
     def content(self, source: Any, prediction: Prediction, sop_uid: str) -> Any:
@@ -182,6 +190,52 @@ class ReportBuilder:
         return hd.sr.MeasurementReport(observation_context=self.observer, procedure_reported=self._procedures[modality],
                                        imaging_measurements=groups)
 
+    def root(self, source: Any, prediction: Prediction, sop_uid: str) -> Any:
+        """The root CONTAINER of :meth:`content`'s report, reusing what highdicom built for earlier reports.
+
+        A report's content tree differs from one SR to the next only in each measurement group's tracking
+        identifier (its TEXT and UIDREF items), its probability (the NUM item) and its source image (the IMAGE
+        item): the rest (the observer context, the procedure, each class's finding, the algorithm items) is the
+        same for every SR of a model and modality. So highdicom builds those per-SR items
+        (``TrackingIdentifier``, ``Measurement``, ``SourceImageForMeasurementGroup``) for each SR, and they take
+        the places of the ones in the groups and root highdicom built in full for an earlier SR with the same
+        class (group) or modality (root): new datasets along the path to each replaced item, sharing the
+        unchanged items (which are never changed in place). The first report of a modality, or with a class
+        not reported before, is built in full by :meth:`content`, and so is any whose items do not line up."""
+        import highdicom as hd
+        from pydicom.sr.codedict import codes
+
+        if not prediction.ok or prediction.probabilities is None:
+            raise ValueError("only a prediction becomes a report; a refusal is logged, not stored")
+        probabilities = list(prediction.probabilities)
+        ranked = top_classes(probabilities, self.model.labels, self.top_k)
+        modality = str(getattr(source, "Modality", "") or "").upper()
+        template = self._roots.get(modality)
+        if template is not None and all(k in self._groups for k, _ in ranked):
+            source_image = hd.sr.SourceImageForMeasurementGroup.from_source_image(source)
+            groups = []
+            for rank, (k, label) in enumerate(ranked, start=1):
+                fresh = [*hd.sr.TrackingIdentifier(identifier=f"rank {rank}: {label}"[:64],
+                                                   uid=_derived(sop_uid, f"group{rank}")),
+                         *hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(probabilities[k]), 6),
+                                            unit=codes.UCUM.NoUnits),
+                         source_image]
+                group = _replaced(self._groups[k], fresh)
+                if group is None:
+                    break
+                groups.append(group)
+            else:
+                measurements = _measurements(template)
+                return _with_content(template, [_with_content(item, groups) if item is measurements else item
+                                                for item in template.ContentSequence])
+        root = self.content(source, prediction, sop_uid)[0]
+        measurements = _measurements(root)
+        if measurements is not None:
+            self._roots.setdefault(modality, root)
+            for (k, _), group in zip(ranked, measurements.ContentSequence):
+                self._groups.setdefault(k, group)
+        return root
+
     # -- the document ------------------------------------------------------------------------------------------
     def build_full(self, source: Any, prediction: Prediction) -> Any:
         """The SR as highdicom's ``ComprehensiveSR`` builds it from scratch."""
@@ -190,12 +244,12 @@ class ReportBuilder:
         uids = result_uids(str(source.SOPInstanceUID), self.digest)
         source = _header(source)  # evidence and references need the header only, not megabytes of pixels
         report = self.content(source, prediction, uids.sop)
-        return hd.sr.ComprehensiveSR(
+        return _mark(hd.sr.ComprehensiveSR(
             evidence=[source], content=report, series_instance_uid=uids.series, series_number=SERIES_NUMBER,
             sop_instance_uid=uids.sop, instance_number=1, manufacturer=MANUFACTURER,
             manufacturer_model_name=self.identity["name"], software_versions=self.identity["version"],
             series_description=SERIES_DESCRIPTION, is_complete=True, is_final=False, is_verified=False,
-            contributing_equipment=[self.equipment])
+            contributing_equipment=[self.equipment]))
 
     def copied_tags(self, sop_class: str) -> tuple[int, ...]:
         """The root attributes highdicom's ``copy_patient_and_study_information`` copies from a source of this SOP
@@ -232,7 +286,7 @@ class ReportBuilder:
             self._documents[shape] = sr
             return sr
         uids = result_uids(str(source.SOPInstanceUID), self.digest)
-        root = self.content(source, prediction, uids.sop)[0]  # the report's root CONTAINER, as highdicom takes it
+        root = self.root(source, prediction, uids.sop)  # the report's root CONTAINER, as highdicom takes it
         sr = Dataset()
         skip = set(present) | set(root.keys()) | self._per_instance
         for element in document:
@@ -267,7 +321,7 @@ class ReportBuilder:
         meta.MediaStorageSOPInstanceUID = uids.sop
         sr.file_meta = meta
         sr.preamble = document.preamble  # as highdicom sets it: what makes pydicom write a DICOM file (DICM + meta)
-        return sr
+        return _mark(sr)
 
 
 _PER_INSTANCE = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "InstanceCreationDate",
@@ -288,6 +342,84 @@ def _header(ds: Any) -> Any:
             header.add(element)
     header.file_meta = getattr(ds, "file_meta", Dataset())
     return header
+
+
+IMAGING_MEASUREMENTS = ("126010", "DCM")  # TID 1500's container of the measurement groups
+
+
+def _concept(item: Any) -> tuple[str, str] | None:
+    """(CodeValue, CodingSchemeDesignator) of a content item's concept name."""
+    names = item.get("ConceptNameCodeSequence")
+    if not names:
+        return None
+    return str(names[0].get("CodeValue", "")), str(names[0].get("CodingSchemeDesignator", ""))
+
+
+def _measurements(root: Any) -> Any:
+    """The root's Imaging Measurements CONTAINER (None when it has none)."""
+    return next((item for item in root.get("ContentSequence", []) if _concept(item) == IMAGING_MEASUREMENTS), None)
+
+
+def _with_content(item: Any, content: Any) -> Any:
+    """A new dataset with ``item``'s elements (shared, never changed) and ``content`` as its ContentSequence."""
+    from pydicom.dataset import Dataset
+
+    new = Dataset()
+    for element in item:
+        if element.keyword != "ContentSequence":
+            new.add(element)
+    new.ContentSequence = list(content)
+    return new
+
+
+def _replaced(group: Any, fresh: list[Any]) -> Any:
+    """``group`` with the ``fresh`` items in the places of its items of the same concepts (in order), or None
+    when they do not line up one to one."""
+    fresh_by_concept: dict[Any, list[Any]] = {}
+    for item in fresh:
+        fresh_by_concept.setdefault(_concept(item), []).append(item)
+    concepts = [_concept(item) for item in group.ContentSequence]
+    if any(concepts.count(concept) != len(items) for concept, items in fresh_by_concept.items()):
+        return None
+    return _with_content(group, [fresh_by_concept[concept].pop(0) if concept in fresh_by_concept else item
+                                 for concept, item in zip(concepts, group.ContentSequence)])
+
+
+def _mark(sr: Any) -> Any:
+    """Tell pydicom's writer that the datasets of ``sr`` built here need no encoding correction, so that it
+    writes them as they are (``Dataset.set_original_encoding``, the API pydicom documents "to enable optimized
+    writing"); returns ``sr``.
+
+    A dataset built from scratch has no original encoding, so ``dcmwrite`` runs ``correct_ambiguous_vr`` on
+    it, and again on every sequence item at every level of the content tree (each ``write_dataset`` call walks
+    its whole subtree): half the SR's encoding time. The only correction it can make is to elements whose VR
+    is ambiguous (``US or SS``, ``OB or OW``...): when the whole tree has none, every dataset created here (no
+    original encoding: not read from a file, so no raw elements) is marked as explicit VR little endian, the
+    SR's transfer syntax, in the character set it is written with. The marks are the same whichever SR a
+    shared dataset is in (a dataset's character set is its own), so shared items may be marked again; a
+    dataset read from the source (copied patient/study sequences) is left as it is, and pydicom checks it as
+    before. When the tree holds an ambiguous VR, nothing is marked and pydicom corrects it as always."""
+    from pydicom.charset import convert_encodings, default_encoding
+    from pydicom.dataelem import DataElement
+    from pydicom.valuerep import AMBIGUOUS_VR
+
+    fresh: list[Any] = []
+    todo = [sr]
+    while todo:
+        ds = todo.pop()
+        if ds.original_encoding == (None, None):
+            fresh.append(ds)
+        for element in ds.elements():
+            if element.VR in AMBIGUOUS_VR:
+                return sr
+            if element.VR == "SQ" and isinstance(element, DataElement):
+                todo.extend(element.value)
+    for ds in fresh:
+        charset = ds.get("SpecificCharacterSet")
+        ds.set_original_encoding(False, True,
+                                 convert_encodings(charset) if charset else getattr(ds, "_parent_encoding",
+                                                                                     default_encoding))
+    return sr
 
 
 def _derived(base: str, part: str) -> str:
