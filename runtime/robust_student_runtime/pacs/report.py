@@ -305,7 +305,10 @@ class ReportBuilder:
             sr[tag] = value
         # highdicom's own steps: the equipment (the source's acquisition equipment when it names a manufacturer,
         # this model, highdicom with its time stamp), then the evidence the content references
-        SOPClass._add_contributing_equipment(sr, [self.equipment], source)
+        # (a source without a Manufacturer is one highdicom's ``for_image_acquisition`` refuses, and skips, after a
+        # walk of the IOD tables that is a quarter of this build: it is not given to it)
+        acquisition = source if source.get("Manufacturer") not in (None, "") else None
+        SOPClass._add_contributing_equipment(sr, [self.equipment], acquisition)
         # every IMAGE item of the content is a SourceImageForMeasurementGroup made from ``source`` (see content()),
         # so highdicom's evidence is computed for a content of no items: the same references, without walking a
         # tree whose only image is the source (that walk was half the time left)
