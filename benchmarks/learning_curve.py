@@ -10,7 +10,9 @@ Each run folder's ``metrics.jsonl`` holds one ``eval`` record per validation (cl
 the run's ``val_attack`` on its validation images), stamped by the trainer with ``cpu_seconds`` (the training
 process's CPU time, all threads, continued across resumes) and ``train_seconds`` (wall). ``--final`` adds a
 test-set point from a ``robust-student eval --output`` report or a zoo teacher's ``training.json`` (its AutoAttack,
-else PGD-20, accuracy) at the run's last CPU time. Writes ``STEM.png`` and ``STEM.json`` (the points plotted, the machine, the command).
+else PGD-20, accuracy) at the run's last CPU time. ``--continues B=A`` places run B, trained from A's final weights (``student_init``), after
+A: its CPU hours start where A's end, and its line starts at A's last point, so the curve counts all the compute
+behind B. Writes ``STEM.png`` and ``STEM.json`` (the points plotted, the machine, the command).
 """
 
 from __future__ import annotations
@@ -58,11 +60,24 @@ def final_point(report_path: Path) -> dict[str, Any]:
             "attack": attack, "n": report["n_examples"], "eps": report["eps"]}
 
 
+def continue_after(run: dict[str, Any], base: dict[str, Any]) -> None:
+    """Shift ``run``'s curve by the compute of ``base``, whose final weights it started from, and start it at
+    ``base``'s last validation point (what the run's weights were at step 0)."""
+    start = base["curve"][-1]
+    for point in run["curve"]:
+        point["cpu_hours"] += start["cpu_hours"]
+        point["wall_hours"] += start["wall_hours"]
+    run["curve"].insert(0, dict(start, epoch=0, step=0, initialisation=True))
+    run["continues"] = base["run_dir"]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR[=LABEL]", help="run folders (label: the folder name)")
     p.add_argument("--final", action="append", default=[], metavar="LABEL=REPORT.json",
                    help="a test-set report to mark at the end of the run with that label")
+    p.add_argument("--continues", action="append", default=[], metavar="LABEL=BASE_LABEL",
+                   help="LABEL was initialised from BASE_LABEL's final weights: plot it after BASE_LABEL's CPU hours")
     p.add_argument("--out", required=True, metavar="STEM", help="writes STEM.png and STEM.json")
     return p.parse_args(argv)
 
@@ -78,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         if label not in runs or not report:
             raise SystemExit(f"--final {spec}: give LABEL=REPORT.json with one of the run labels {sorted(runs)}")
         runs[label]["final"] = final_point(Path(report))
+    for spec in args.continues:
+        label, _, base = spec.partition("=")
+        if label not in runs or base not in runs or label == base:
+            raise SystemExit(f"--continues {spec}: give LABEL=BASE_LABEL, two different run labels of {sorted(runs)}")
+        continue_after(runs[label], runs[base])
 
     import matplotlib
 

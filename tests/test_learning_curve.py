@@ -69,3 +69,16 @@ def test_a_shipped_zoo_entry_is_redrawn_from_its_training_json(curve, tmp_path):
     points = curve.read_curve(folder)
     assert points == curve.read_curve(folder / "training.json")
     assert [(p["epoch"], p["robust"]) for p in points] == [(r["epoch"] + 1, r["val_robust_acc"]) for r in history]
+
+
+def test_a_run_initialised_from_another_is_plotted_after_its_compute(curve, tmp_path):
+    base = _run(tmp_path / "base", [(3600, 0.7, 0.5), (7200, 0.8, 0.6)])
+    more = _run(tmp_path / "more", [(1800, 0.82, 0.63)])
+    stem = tmp_path / "curve"
+    assert curve.main([f"{base}=base", f"{more}=more", "--continues", "more=base", "--out", str(stem)]) == 0
+    runs = json.loads(stem.with_suffix(".json").read_text())["runs"]
+    assert [(p["cpu_hours"], p["robust"]) for p in runs["more"]["curve"]] == [(2.0, 0.6), (2.5, 0.63)]
+    assert runs["more"]["curve"][0]["initialisation"] and runs["more"]["continues"] == str(base)
+    assert [p["cpu_hours"] for p in runs["base"]["curve"]] == [1.0, 2.0]
+    with pytest.raises(SystemExit, match="two different run labels"):
+        curve.main([f"{base}=base", "--continues", "base=base", "--out", str(stem)])
