@@ -163,6 +163,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "student_dir": str(workdir / "student")}
 
 
+def shipped_budget(config: dict[str, Any], last: dict[str, Any], weights: Path = WEIGHTS) -> dict[str, Any]:
+    """A run's compute from its last validation record; a run initialised from a zoo entry (``student_init``)
+    also counts that entry's CPU hours (``total_cpu_hours``), since its result rests on them."""
+    budget = {"epochs": config["train"]["epochs"], "train_images": config["dataset"]["max_train_examples"],
+              "wall_hours": round(last["train_seconds"] / 3600, 3), "cpu_hours": round(last["cpu_seconds"] / 3600, 3)}
+    init = config.get("student_init")
+    if init and (weights / init / "training.json").is_file():
+        init_budget = json.loads((weights / init / "training.json").read_text())["budget"]
+        budget["student_init_cpu_hours"] = init_budget.get("total_cpu_hours", init_budget["cpu_hours"])
+        budget["total_cpu_hours"] = round(budget["cpu_hours"] + budget["student_init_cpu_hours"], 3)
+    return budget
+
+
 def ship_run(args: argparse.Namespace, command: str) -> Path:
     """Copy a finished fit run's student into the zoo as ``--name`` with its ``training.json`` (the recipe, the
     run's config and validation history, its CPU budget, and the same zero-shot evaluation as every zoo entry)."""
@@ -190,6 +203,7 @@ def ship_run(args: argparse.Namespace, command: str) -> Path:
         shutil.copyfile(run / "student" / name, out / name)
     last = history[-1]
     config = saved["config"]
+    budget = shipped_budget(config, last)
     record = {
         "command": command, "train_command": f"robust-student fit --recipe {args.recipe} --set train.output_dir=RUN",
         "model": args.name, "recipe": args.recipe, "method": config["method"], "student": config["student"],
@@ -197,9 +211,7 @@ def ship_run(args: argparse.Namespace, command: str) -> Path:
         "what": f"{config['student']} distilled with {config['method']} from {config['teacher']} (recipe "
                 f"{args.recipe}), classifying with fmnist-clip's text embeddings",
         "config": config, "history": history,
-        "budget": {"epochs": config["train"]["epochs"], "train_images": config["dataset"]["max_train_examples"],
-                   "wall_hours": round(last["train_seconds"] / 3600, 3),
-                   "cpu_hours": round(last["cpu_seconds"] / 3600, 3)},
+        "budget": budget,
         "zero_shot_test": zero_shot_robustness(load_student_teacher(out, name=args.name), args),
         "weights_bytes": (out / "model.safetensors").stat().st_size,
         "versions": {"python": platform.python_version(), "torch": torch.__version__},

@@ -132,3 +132,21 @@ def test_a_shipped_flagship_is_what_its_recipe_trains(name):
     assert recipe["train"]["epochs"] == record["budget"]["epochs"] == len(
         [r for r in record["history"] if r["kind"] == "eval"])
     assert record["budget"]["cpu_hours"] == round(record["history"][-1]["cpu_seconds"] / 3600, 3)
+
+
+def test_a_run_trained_on_from_a_zoo_entry_ships_with_that_entrys_compute_counted(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_fmnist_zoo.py"
+    spec = importlib.util.spec_from_file_location("train_fmnist_zoo_budget", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "training.json").write_text(json.dumps({"budget": {"cpu_hours": 1.348}}))
+    config = {"train": {"epochs": 2}, "dataset": {"max_train_examples": 60000}, "student_init": "base"}
+    last = {"train_seconds": 1800.0, "cpu_seconds": 1980.0}
+    budget = module.shipped_budget(config, last, weights=tmp_path)
+    assert (budget["cpu_hours"], budget["student_init_cpu_hours"], budget["total_cpu_hours"]) == (0.55, 1.348, 1.898)
+    fresh = module.shipped_budget({**config, "student_init": None}, last, weights=tmp_path)
+    assert fresh == {"epochs": 2, "train_images": 60000, "wall_hours": 0.5, "cpu_hours": 0.55}
