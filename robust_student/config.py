@@ -346,7 +346,10 @@ class TrainConfig(ConfigBase):
     of the per-epoch validation (at the run's threat) on ``eval_examples`` validation images.
     ``channels_last``: keep the student's 4-D weights in channels-last memory format (timm's
     ``--channels-last``): the same math, faster convolutions (``benchmarks/results/train_speed_cpu.md``);
-    saved weights stay ordinary contiguous tensors.
+    saved weights stay ordinary contiguous tensors. ``ema_decay``: keep an exponential moving average of the
+    student's weights (timm's ``ModelEmaV3``, with its warm-up, so early steps are not frozen in): validation, the
+    saved student and the returned one are the average (weight averaging curbs the robust overfitting of
+    adversarial training); null (the default) trains and saves the weights as they are.
     """
 
     epochs: int = 10
@@ -373,6 +376,7 @@ class TrainConfig(ConfigBase):
     cache_teacher_outputs: bool = False
     channels_last: bool = False
     log_with: list[str] = field(default_factory=list)
+    ema_decay: float | None = None
 
     def validate(self) -> None:
         require_choice("optimizer", self.optimizer, ("sgd", "adamw"))
@@ -385,6 +389,9 @@ class TrainConfig(ConfigBase):
             require_at_least(key, getattr(self, key), 0)
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError("grad_clip", f"must be > 0 (or null for no clipping), got {self.grad_clip!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError("ema_decay", f"must be in (0, 1), e.g. 0.999 (or null for no averaging), got "
+                                           f"{self.ema_decay!r}")
         if not self.output_dir:
             raise ConfigError("output_dir", "must name a folder")
 

@@ -40,9 +40,11 @@ JOB = textwrap.dedent(
     from robust_student.training import Trainer
 
     output_dir, mode, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    ema = None if sys.argv[4] == "none" else float(sys.argv[4])
     cfg = DistillConfig(method="rslad", dataset="synthetic:3").with_overrides({{
         "train.epochs": 2, "train.batch_size": 8, "train.output_dir": output_dir, "train.checkpoint_every": 3,
         "train.log_every": 2, "train.eval_examples": 16, "train.lr": 0.05, "attack.steps": 2,
+        "train.ema_decay": ema,
     }})
     train, val = build_dataset(cfg.dataset, "train", n=96), build_dataset(cfg.dataset, "val", n=16)
     teacher = TinyTeacher()
@@ -64,9 +66,10 @@ JOB = textwrap.dedent(
 )
 
 
-def _run(script: Path, output_dir: Path, mode: str, delay: float = 0.0) -> subprocess.Popen:
+def _run(script: Path, output_dir: Path, mode: str, delay: float = 0.0, ema: float | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(script), str(output_dir), mode, str(delay)], env=env,
+    return subprocess.Popen([sys.executable, str(script), str(output_dir), mode, str(delay), str(ema or "none")],
+                            env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -75,15 +78,16 @@ def _finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "weight-average"])
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path: Path, ema: float | None) -> None:
     script = tmp_path / "job.py"
     script.write_text(JOB.format(tests=str(TESTS)), encoding="utf-8")
 
     reference = tmp_path / "reference"
-    _finish(_run(script, reference, "fresh"))
+    _finish(_run(script, reference, "fresh", ema=ema))
 
     interrupted = tmp_path / "interrupted"
-    proc = _run(script, interrupted, "fresh", delay=0.5)
+    proc = _run(script, interrupted, "fresh", delay=0.5, ema=ema)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # wait for the step-6 checkpoint (epoch 0 has 12 batches)
         found = latest_checkpoint(interrupted)
@@ -102,7 +106,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path: Path) -> N
     assert (state["epoch"], state["batch"], state["step"]) == (0, 6, 6), "the kill should land mid-epoch"
     assert not (interrupted / "final.safetensors").exists()
 
-    _finish(_run(script, interrupted, "resume"))
+    _finish(_run(script, interrupted, "resume", ema=ema))
 
     expected = load_file(str(reference / "final.safetensors"))
     resumed = load_file(str(interrupted / "final.safetensors"))

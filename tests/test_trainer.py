@@ -224,3 +224,27 @@ def test_channels_last_trains_the_same_student_and_saves_plain_weights(tmp_path,
     newest = sorted((Path(fast.output_dir) / "checkpoints").iterdir())[-1]
     saved = {k: v for f in newest.rglob("*.safetensors") for k, v in load_file(str(f)).items()}
     assert saved and all(v.is_contiguous() for v in saved.values())
+
+
+def test_a_weight_average_is_what_validates_saves_and_returns(tmp_path, tiny_teacher):
+    cfg = _config(tmp_path, ema_decay=0.9)
+    result = _fit(cfg, tiny_teacher)
+    latest = ckpt.latest_checkpoint(Path(cfg.train.output_dir))
+    average = ckpt.read_part(latest, "ema")[0]
+    raw = ckpt.read_part(latest, "model")[0]
+    final = result.student.state_dict()
+    assert all(torch.equal(final[k], average[k]) for k in final)  # the result is the average...
+    weights = [k for k, v in final.items() if v.is_floating_point() and "weight" in k]
+    assert any(not torch.equal(final[k], raw[f"student.{k}"]) for k in weights)  # ...not the last iterate
+    # the same seed without averaging ends at the checkpoint's raw weights
+    plain = _fit(_config(tmp_path / "plain"), tiny_teacher).student.state_dict()
+    assert all(torch.equal(plain[k], raw[f"student.{k}"]) for k in weights)
+    assert result.history[-1]["val_clean_acc"] >= 0 and len(result.history) == 2
+
+
+@pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1])
+def test_ema_decay_outside_zero_one_is_refused(decay):
+    from robust_student.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig(ema_decay=decay).validate()

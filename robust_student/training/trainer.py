@@ -247,6 +247,7 @@ class Trainer:
                     steps_per_epoch=steps_per_epoch)
             for index, group in enumerate(optimizer.optimizer.param_groups)])
         raw_unit: _TrainUnit = acc.unwrap_model(unit)
+        ema = _weight_average(raw_unit.student, cfg)
 
         start_epoch, start_batch, step = 0, 0, 0
         history: list[dict[str, Any]] = []
@@ -254,7 +255,7 @@ class Trainer:
         latest = ckpt.latest_intact_checkpoint(out_dir)[0] if resume else None
         if latest is not None:
             check_resumable(latest, self.config.to_dict())
-            position = load_checkpoint(latest, acc, raw_unit, optimizer, scheduler)
+            position = load_checkpoint(latest, acc, raw_unit, optimizer, scheduler, ema)
             start_epoch, start_batch, step = position["epoch"], position["batch"], position["step"]
             history = position.get("history", [])
             clock = _RunClock(position.get("train_seconds", 0.0), position.get("cpu_seconds", 0.0))
@@ -293,6 +294,8 @@ class Trainer:
                     continue
                 scheduler.step()
                 step += 1
+                if ema is not None:
+                    ema.update(raw_unit.student, step=step)
                 raw_unit.method.on_step_end(outputs, state)
                 if step % cfg.log_every == 0 or batch_index + 1 == len(loader):
                     record = _mean_terms(acc, running, window)
@@ -302,31 +305,37 @@ class Trainer:
                                    "lr": scheduler.get_last_lr()[0], **record}, acc)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     self._save(acc, raw_unit, optimizer, scheduler, epoch, batch_index + 1, step, history, run,
-                               clock)
+                               clock, ema)
             bar.close()
             if acc.num_processes > 1:
                 # DDP syncs parameters, but each replica updated its BN running stats on its own shard since
                 # the last forward: take process 0's so validation and checkpoints see one model.
                 for buffer in raw_unit.buffers():
                     torch.distributed.broadcast(buffer.data, src=0)
+                if ema is not None:
+                    for buffer in ema.module.buffers():
+                        torch.distributed.broadcast(buffer.data, src=0)
 
             raw_unit.method.on_epoch_end(TrainState(step=step, epoch=epoch, total_steps=total_steps,
                                                     total_epochs=cfg.epochs))
             last = epoch + 1 == cfg.epochs
             if self._validates() and cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
                 # The main process validates; every process keeps the same record in its history.
-                found = [{**clock.read(), **validate(raw_unit.student, self.val_set, self.config, acc.device)}
+                shipped = raw_unit.student if ema is None else ema.module  # what the run will save
+                found = [{**clock.read(), **validate(shipped, self.val_set, self.config, acc.device)}
                          if acc.is_main_process else None]
                 record = {"kind": "eval", "epoch": epoch, "step": step, **broadcast_object_list(found)[0]}
                 history.append(record)
                 metrics.write(record, acc)
                 logger.info("epoch %d: clean %.4f, %s %.4f", epoch + 1, record["val_clean_acc"],
                             record["val_attack"], record["val_robust_acc"])
-            self._save(acc, raw_unit, optimizer, scheduler, epoch + 1, 0, step, history, run, clock)
+            self._save(acc, raw_unit, optimizer, scheduler, epoch + 1, 0, step, history, run, clock, ema)
 
         acc.wait_for_everyone()
         if cfg.log_with:
             acc.end_training()
+        if ema is not None:  # the averaged weights are the run's result (checkpoints keep both)
+            raw_unit.student.load_state_dict(ema.module.state_dict())
         student = raw_unit.student.eval()
         if acc.is_main_process and self.save_student_to is not None and isinstance(student, Student):
             save_student(student, self.save_student_to, teachers=self._provenance(),
@@ -363,7 +372,8 @@ class Trainer:
         return out
 
     def _save(self, acc: Accelerator, unit: "_TrainUnit", optimizer: Any, scheduler: LambdaLR, epoch: int,
-              batch: int, step: int, history: list[dict[str, Any]], run: RunDirectory, clock: "_RunClock") -> None:
+              batch: int, step: int, history: list[dict[str, Any]], run: RunDirectory, clock: "_RunClock",
+              ema: Any = None) -> None:
         """Write an atomic checkpoint: every process its RNG state, the main process everything else."""
         out_dir = Path(self.config.train.output_dir)
         staging = ckpt.staging_dir(out_dir, step)
@@ -376,6 +386,8 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             ckpt.write_part(staging, "model", unit.state_dict())
+            if ema is not None:
+                ckpt.write_part(staging, "ema", ema.module.state_dict())
             ckpt.write_part(staging, "optimizer", *ckpt.flatten_optimizer_state(optimizer.state_dict()))
             ckpt.write_part(staging, "scheduler", meta=scheduler.state_dict())  # numbers only (see test)
             ckpt.write_part(staging, "trainer", meta={
@@ -405,6 +417,16 @@ def _unfreeze(teacher: nn.Module, part: str) -> list[nn.Parameter]:
     return [p.requires_grad_(True) for p in teacher.parameters()]
 
 
+def _weight_average(student: nn.Module, cfg: TrainConfig) -> Any:
+    """timm's ``ModelEmaV3`` of the student when ``train.ema_decay`` is set (its warm-up on, stepped with the
+    optimiser), else None."""
+    if cfg.ema_decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(student, decay=cfg.ema_decay, use_warmup=True)
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """The run's Accelerator (precision, accumulation, trackers)."""
     if AcceleratorState._shared_state and PartialState().num_processes == 1:
@@ -415,8 +437,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def load_checkpoint(path: Path, acc: Accelerator, unit: nn.Module, optimizer: Any,
-                    scheduler: LambdaLR) -> dict[str, Any]:
-    """Restore unit, optimiser, scheduler and this process's RNG from ``path``; return ``trainer.json``."""
+                    scheduler: LambdaLR, ema: Any = None) -> dict[str, Any]:
+    """Restore unit, optimiser, scheduler, the weight average (if the run keeps one) and this process's RNG from
+    ``path``; return ``trainer.json``."""
     position = ckpt.read_trainer_state(path)
     model_state, _ = ckpt.read_part(path, "model")
     mismatch = state_mismatch(unit.state_dict(), model_state)
@@ -426,6 +449,8 @@ def load_checkpoint(path: Path, acc: Accelerator, unit: nn.Module, optimizer: An
     optimizer.load_state_dict(ckpt.unflatten_optimizer_state(*ckpt.read_part(path, "optimizer")))
     _, sched_state = ckpt.read_part(path, "scheduler")
     scheduler.load_state_dict(sched_state)
+    if ema is not None:
+        ema.module.load_state_dict(ckpt.read_part(path, "ema")[0], strict=True)
     rng_name = f"rng_{acc.process_index}"
     if not (path / f"{rng_name}.json").is_file():
         logger.warning("%s has no RNG state for process %d; using process 0's", path, acc.process_index)
