@@ -347,9 +347,10 @@ class TrainConfig(ConfigBase):
     ``channels_last``: keep the student's 4-D weights in channels-last memory format (timm's
     ``--channels-last``): the same math, faster convolutions (``benchmarks/results/train_speed_cpu.md``);
     saved weights stay ordinary contiguous tensors. ``ema_decay``: keep an exponential moving average of the
-    student's weights (timm's ``ModelEmaV3``, with its warm-up, so early steps are not frozen in): validation, the
-    saved student and the returned one are the average (weight averaging curbs the robust overfitting of
-    adversarial training); null (the default) trains and saves the weights as they are.
+    student's weights (timm's ``ModelEmaV3``): validation, the saved student and the returned one are the average
+    (weight averaging curbs the robust overfitting of adversarial training); null (the default) trains and saves
+    the weights as they are. ``ema_warmup``: timm's ``--model-ema-warmup``, a decay that grows from 0 towards
+    ``ema_decay`` (1 - (1 + step)^(-2/3)), so a run from random weights does not carry them into its average.
     """
 
     epochs: int = 10
@@ -377,6 +378,7 @@ class TrainConfig(ConfigBase):
     channels_last: bool = False
     log_with: list[str] = field(default_factory=list)
     ema_decay: float | None = None
+    ema_warmup: bool = False
 
     def validate(self) -> None:
         require_choice("optimizer", self.optimizer, ("sgd", "adamw"))

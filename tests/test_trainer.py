@@ -227,7 +227,7 @@ def test_channels_last_trains_the_same_student_and_saves_plain_weights(tmp_path,
 
 
 def test_a_weight_average_is_what_validates_saves_and_returns(tmp_path, tiny_teacher):
-    cfg = _config(tmp_path, ema_decay=0.9)
+    cfg = _config(tmp_path, ema_decay=0.9, ema_warmup=True)
     result = _fit(cfg, tiny_teacher)
     latest = ckpt.latest_checkpoint(Path(cfg.train.output_dir))
     average = ckpt.read_part(latest, "ema")[0]

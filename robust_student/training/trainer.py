@@ -418,13 +418,13 @@ def _unfreeze(teacher: nn.Module, part: str) -> list[nn.Parameter]:
 
 
 def _weight_average(student: nn.Module, cfg: TrainConfig) -> Any:
-    """timm's ``ModelEmaV3`` of the student when ``train.ema_decay`` is set (its warm-up on, stepped with the
-    optimiser), else None."""
+    """timm's ``ModelEmaV3`` of the student when ``train.ema_decay`` is set (stepped with the optimiser), else
+    None."""
     if cfg.ema_decay is None:
         return None
     from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(student, decay=cfg.ema_decay, use_warmup=True)
+    return ModelEmaV3(student, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
