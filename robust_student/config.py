@@ -350,7 +350,8 @@ class TrainConfig(ConfigBase):
     student's weights (timm's ``ModelEmaV3``): validation, the saved student and the returned one are the average
     (weight averaging curbs the robust overfitting of adversarial training); null (the default) trains and saves
     the weights as they are. ``ema_warmup``: timm's ``--model-ema-warmup``, a decay that grows from 0 towards
-    ``ema_decay`` (1 - (1 + step)^(-2/3)), so a run from random weights does not carry them into its average.
+    ``ema_decay`` (1 - (1 + step)^(-2/3)), so a run from random weights does not carry them into its average;
+    off unless true.
     """
 
     epochs: int = 10
@@ -378,7 +379,7 @@ class TrainConfig(ConfigBase):
     channels_last: bool = False
     log_with: list[str] = field(default_factory=list)
     ema_decay: float | None = None
-    ema_warmup: bool = False
+    ema_warmup: bool | None = None  # null is off; null, not false, so runs saved before the field still resume
 
     def validate(self) -> None:
         require_choice("optimizer", self.optimizer, ("sgd", "adamw"))

@@ -424,7 +424,7 @@ def _weight_average(student: nn.Module, cfg: TrainConfig) -> Any:
         return None
     from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(student, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
+    return ModelEmaV3(student, decay=cfg.ema_decay, use_warmup=bool(cfg.ema_warmup))
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
