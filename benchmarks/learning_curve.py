@@ -10,9 +10,9 @@ Each run folder's ``metrics.jsonl`` holds one ``eval`` record per validation (cl
 the run's ``val_attack`` on its validation images), stamped by the trainer with ``cpu_seconds`` (the training
 process's CPU time, all threads, continued across resumes) and ``train_seconds`` (wall). ``--final`` adds a
 test-set point from a ``robust-student eval --output`` report or a zoo teacher's ``training.json`` (its AutoAttack,
-else PGD-20, accuracy) at the run's last CPU time. ``--continues B=A`` places run B, trained from A's final weights (``student_init``), after
-A: its CPU hours start where A's end, and its line starts at A's last point, so the curve counts all the compute
-behind B. Writes ``STEM.png`` and ``STEM.json`` (the points plotted, the machine, the command).
+else PGD-20, accuracy) at the run's last CPU time. ``--continues B=A`` places run B, trained from A's final
+weights (``student_init``), after A: its CPU hours start where A's end, and its line starts at A's last point, so
+the curve counts all the compute behind B. Writes ``STEM.png`` and ``STEM.json`` (the points plotted, the machine, the command).
 """
 
 from __future__ import annotations

@@ -45,18 +45,24 @@ def test_loads_offline_as_a_licensed_teacher_with_fmnist_clips_text_tower(name):
     assert abs(accuracy - recorded) < 0.05  # the first 1000 test images vs the recorded 10,000
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
-def test_reproduces_its_committed_regression_guard(name):
-    """Clean and PGD-20 on the first test images, as `train_fmnist_zoo.py --regression` committed them."""
+def _zoo_script():
+    """scripts/train_fmnist_zoo.py as a module (it is a script, not part of the package)."""
     import importlib.util
     from pathlib import Path
 
-    guard = json.loads((WEIGHTS_DIR / name / "regression.json").read_text())
-    assert guard["command"] == f"scripts/train_fmnist_zoo.py --regression {name} --threads 1" and guard["n"] >= 100
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_fmnist_zoo.py"
     spec = importlib.util.spec_from_file_location("train_fmnist_zoo", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_reproduces_its_committed_regression_guard(name):
+    """Clean and PGD-20 on the first test images, as `train_fmnist_zoo.py --regression` committed them."""
+    guard = json.loads((WEIGHTS_DIR / name / "regression.json").read_text())
+    assert guard["command"] == f"scripts/train_fmnist_zoo.py --regression {name} --threads 1" and guard["n"] >= 100
+    module = _zoo_script()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the guard was written
     try:
@@ -135,13 +141,7 @@ def test_a_shipped_flagship_is_what_its_recipe_trains(name):
 
 
 def test_a_run_trained_on_from_a_zoo_entry_ships_with_that_entrys_compute_counted(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_fmnist_zoo.py"
-    spec = importlib.util.spec_from_file_location("train_fmnist_zoo_budget", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _zoo_script()
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "training.json").write_text(json.dumps({"budget": {"cpu_hours": 1.348}}))
     config = {"train": {"epochs": 2}, "dataset": {"max_train_examples": 60000}, "student_init": "base"}
