@@ -38,10 +38,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STARTS = {"uniform": {"random_start": "uniform"}, "gaussian 0.001": {"random_start": "normal", "init_std": 0.001}}
 
 
-def _objectives(model: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-    with torch.no_grad():
-        own = F.softmax(model(x).float(), dim=1)
-        taught = F.softmax(teacher(x).float(), dim=1)
+def _objectives(model: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                own: torch.Tensor) -> dict:
+    """Each method's inner objective on the batch; ``own`` is the model's clean softmax (computed once)."""
+    if teacher is model:
+        taught = own
+    else:
+        with torch.no_grad():
+            taught = F.softmax(teacher(x).float(), dim=1)
     return {"CE(S(x'), y) (PGD-AT, ARD, DGHFA)": objectives.ce(model, y),
             "KL(S(x) || S(x')) (TRADES)": objectives.kl_to(model, own),
             "KL(T(x) || S(x')) (RSLAD)": objectives.kl_to(model, taught)}
@@ -80,7 +84,7 @@ def main() -> None:
                            for i in range(0, len(x_all), args.batch_size)])
     for i in range(0, len(x_all), args.batch_size):
         x, y = x_all[i:i + args.batch_size], y_all[i:i + args.batch_size]
-        for name, objective in _objectives(model, teacher, x, y).items():
+        for name, objective in _objectives(model, teacher, x, y, clean[i:i + args.batch_size]).items():
             for start_name, start_args in STARTS.items():
                 torch.manual_seed(args.seed + i)
                 x_adv = pgd(objective, x, threat, steps=args.steps, step_size=args.step_size, **start_args)
