@@ -120,6 +120,9 @@ class Method(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr}] if params else []
 
+    def after_backward(self) -> None:
+        """Called after every backward, before the optimiser step (AWP puts the unperturbed weights back here)."""
+
     def on_step_end(self, outputs: Mapping[str, Tensor], state: TrainState) -> None:
         """Called after each optimiser step with the (detached) outputs of :meth:`loss`."""
 

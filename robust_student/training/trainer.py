@@ -282,6 +282,7 @@ class Trainer:
                 with acc.accumulate(unit):
                     out = unit(batch, frozen, state)
                     acc.backward(out["loss"])
+                    raw_unit.method.after_backward()
                     if cfg.grad_clip and acc.sync_gradients:
                         acc.clip_grad_norm_(unit.parameters(), cfg.grad_clip)
                     optimizer.step()
