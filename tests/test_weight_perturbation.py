@@ -76,16 +76,15 @@ def test_apply_twice_without_restore_is_refused(tiny_student, batch):
 
 
 def test_pgd_at_with_awp_takes_the_gradient_at_the_perturbed_weights(student, batch):
-    tiny_student = student
     attack = AttackConfig(steps=3, random_start="none")  # deterministic, so both paths attack the same way
-    twin = copy.deepcopy(tiny_student)
+    twin = copy.deepcopy(student)
     method = create_method("pgd-at", {"awp_gamma": GAMMA}, attack=attack)
-    before = _snapshot(tiny_student)
-    out = method.loss(batch, tiny_student.train(), {}, TrainState())
+    before = _snapshot(student)
+    out = method.loss(batch, student.train(), {}, TrainState())
     out["loss"].backward()
     method.after_backward()
     # the weights are back, exactly; the gradient is the one taken at w + v
-    assert all(torch.equal(before[k], p) for k, p in tiny_student.named_parameters())
+    assert all(torch.equal(before[k], p) for k, p in student.named_parameters())
 
     plain = create_method("pgd-at", attack=attack)
     x_adv = plain.attack(objectives.ce(twin, batch["label"]), batch["image"], twin)
@@ -95,7 +94,7 @@ def test_pgd_at_with_awp_takes_the_gradient_at_the_perturbed_weights(student, ba
     expected = torch.autograd.grad(F.cross_entropy(twin(x_adv), batch["label"]), list(twin.parameters()))
     awp.restore()
     unperturbed = torch.autograd.grad(F.cross_entropy(twin(x_adv), batch["label"]), list(twin.parameters()))
-    for param, want, without in zip(tiny_student.parameters(), expected, unperturbed):
+    for param, want in zip(student.parameters(), expected):
         assert torch.allclose(param.grad, want, atol=1e-6)
     assert any(not torch.allclose(want, without, atol=1e-6) for want, without in zip(expected, unperturbed))
 

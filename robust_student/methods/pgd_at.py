@@ -74,4 +74,3 @@ class PGDAT(Method):
         if self._awp is not None:
             self._awp.restore()
             self._awp = None
-
