@@ -19,6 +19,8 @@ image encoder with fmnist-clip's text encoder (the ``student:<folder>`` teacher)
   teacher, with a model card (``README.md``) rendered from its AutoAttack evaluation.
 * ``fmnist-clip-robust-wide``: the same at width 32 (1.26 M parameters, recipe ``flagship_pgdat_wide``): the
   larger flagship student, shipped by ``scripts/train_fmnist_zoo.py --ship``.
+* ``fmnist-clip-robust-wide-12ep``: ``fmnist-clip-robust-wide`` trained on with PGD-AT for 6 more epochs from a
+  new cosine schedule (recipe ``flagship_pgdat_wide_restart``, 12 epochs in all): the best flagship student.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ ZOO: dict[str, str] = {
                           "60,000 images) against fmnist-clip's text tower: the zoo's robust teacher",
     "fmnist-clip-robust-wide": "a wide convolutional image tower (resnet_tiny, width 32) adversarially trained "
                                "(PGD-AT, L-inf 0.1, all 60,000 images) against fmnist-clip's text tower",
+    "fmnist-clip-robust-wide-12ep": "fmnist-clip-robust-wide trained on with PGD-AT for 6 more epochs from a new "
+                                    "cosine schedule (12 epochs in all) against fmnist-clip's text tower",
 }
 
 
